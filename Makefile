@@ -1,0 +1,39 @@
+# The few targets people reach for. `sh deploy/bootstrap.sh <target>` installs system packages first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+EXAMPLE_LAKE ?= ./lake
+
+.PHONY: setup example test lint typecheck unit bench bench-rules golden clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+example: setup
+	$(BIN)/lync-sensor analyze examples/lync-sample.pcap --config deploy/lync-sensor.example.toml --lake $(EXAMPLE_LAKE)
+
+lint: setup
+	$(BIN)/ruff check sensor tests bench
+	$(BIN)/ruff format --check sensor tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+bench: setup
+	$(PY) bench/bench_analyze.py
+
+golden: setup
+	$(PY) -m sensor.synth labelled examples/lync-sample.pcap
+
+clean:
+	rm -rf $(VENV) lake bench/out .pytest_cache .mypy_cache .ruff_cache

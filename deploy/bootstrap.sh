@@ -1,0 +1,23 @@
+#!/bin/sh
+# Install everything the sensor needs on a fresh Debian machine, then run a make target.
+#   sh deploy/bootstrap.sh example   # install, analyse the bundled example capture
+#   sh deploy/bootstrap.sh test      # install, run ruff, mypy and the whole test suite
+set -eu
+cd "$(dirname "$0")/.."
+target="${1:-example}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need=""
+command -v make >/dev/null 2>&1 || need="$need make"
+command -v tshark >/dev/null 2>&1 || need="$need tshark"
+command -v python3 >/dev/null 2>&1 || need="$need python3"
+if ! python3 -m venv --help >/dev/null 2>&1; then need="$need python3-venv"; fi
+if [ -n "$need" ]; then
+    echo "bootstrap: installing Debian packages:$need"
+    $SUDO apt-get update -qq
+    # tshark asks whether non-root users may capture; the sensor's service user gets capabilities instead.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need
+fi
+exec make "$target"

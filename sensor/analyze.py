@@ -1,0 +1,355 @@
+"""Offline analysis: captures in, tagged flow interval records out (fast path, then Wireshark for facts)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from sensor import flows as fl
+from sensor import packets as pk
+from sensor import rtp
+from sensor.catalogue import Catalogue
+from sensor.config import Config
+from sensor.dissect import DissectedPacket, dissect
+from sensor.factcap import FactCapture
+from sensor.http import HttpFacts
+from sensor.schema import FLOW_SCHEMA
+from sensor.sip import SdpMedia, SipFacts
+from sensor.sources.pcap import CaptureReader
+from sensor.stun import StunFacts
+from sensor.tls import TlsFacts
+from sensor.topology import Topology
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int, int], None]  # (file, bytes read, file bytes, packets)
+
+
+@dataclass
+class FlowFacts:
+    """Everything the dissectors told us about one flow."""
+
+    tls: TlsFacts = field(default_factory=TlsFacts)
+    sip: SipFacts = field(default_factory=SipFacts)
+    http: HttpFacts = field(default_factory=HttpFacts)
+    stun: StunFacts = field(default_factory=StunFacts)
+    dtls_srtp: bool = False
+
+    def observe(self, p: DissectedPacket, direction: int) -> None:
+        if p.has("tls"):
+            self.tls.observe(p, direction)
+        if p.has("sip"):
+            self.sip.observe(p, direction)
+        if p.has("http"):
+            self.http.observe(p, direction)
+        if p.has("stun") or p.has("classicstun"):
+            self.stun.observe(p, direction)
+        if any("use_srtp" in k for k in p.fields):
+            self.dtls_srtp = True
+
+
+@dataclass
+class CaptureReport:
+    """What happened to one input file."""
+
+    path: Path
+    format: str
+    packets: int
+    damaged: list[str]
+    skipped_bytes: int
+
+
+@dataclass
+class Analysis:
+    """Result of one analysis run: the flow interval records and what was read."""
+
+    table: pa.Table
+    captures: list[CaptureReport]
+    packets: int
+    fact_packets: int
+    non_ip: int
+    seconds: float
+
+
+def _addr(hi: int, lo: int) -> str:
+    if hi == 0 and (lo >> 32) == 0xFFFF:
+        return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
+    return str(ipaddress.IPv6Address((hi << 64) | lo))
+
+
+class Analyzer:
+    """Runs the pipeline for one set of captures with one config."""
+
+    def __init__(self, cfg: Config, *, topology: Topology | None = None, catalogue: Catalogue | None = None,
+                 progress: ProgressFn | None = None, source_name: str = "pcap") -> None:
+        self.cfg = cfg
+        self.topology = topology or Topology.from_config(cfg)
+        self.catalogue = catalogue or Catalogue.load(cfg.ports, source=cfg.source)
+        self.progress = progress
+        self.source_name = source_name
+
+    def run(self, captures: Sequence[Path]) -> Analysis:
+        started = time.monotonic()
+        s = self.cfg.sensor
+        table = fl.FlowTable(
+            interval_s=s.interval, idle_s=s.idle_timeout, fact_packets=s.fact_packets_per_flow,
+            sip_messages=s.sip_messages_per_flow, server_tcp=self.catalogue.server_ports("tcp"),
+            server_udp=self.catalogue.server_ports("udp"))
+        readers = [CaptureReader(p) for p in captures]  # open all first: a bad path fails before any work
+        reports: list[CaptureReport] = []
+        with tempfile.TemporaryDirectory(prefix="lync-sensor-") as tmp:
+            factcap = FactCapture(Path(tmp) / "facts.pcapng")
+            packets = 0
+            for reader in readers:
+                for batch in reader:
+                    facts = table.add(batch)
+                    factcap.add(batch, facts)
+                    packets += len(batch)
+                    if self.progress:
+                        self.progress(str(reader.path), reader.stats.bytes_read, reader.stats.file_bytes, packets)
+                st = reader.stats
+                reports.append(CaptureReport(reader.path, reader.format, st.packets, list(st.damaged),
+                                             st.skipped_bytes))
+            table.finish()
+            fact_flow, fact_dir = factcap.close()
+            facts_by_flow = self._dissect(factcap, fact_flow, fact_dir, table)
+        out = self._build(table, facts_by_flow)
+        return Analysis(out, reports, packets, factcap.count, table.non_ip, time.monotonic() - started)
+
+    def _decode_as(self, table: fl.FlowTable) -> list[tuple[str, int, str]]:
+        """Ports where the fast path saw TLS or HTTP that Wireshark would not dissect as such by default."""
+        fs = table.fs[: table.nflows]
+        want: dict[tuple[str, int], str] = {}
+        for cls, proto_name in ((pk.CLS_HTTP_REQ, "http"), (pk.CLS_TLS_HS, "tls"), (pk.CLS_SSL2, "tls")):
+            rows = np.flatnonzero((fs[:, fl.F_FIRST_CLS] == cls) & (fs[:, fl.F_PROTO] == 6) & (fs[:, fl.F_FACTS] > 0))
+            for port in np.unique(fs[rows, fl.F_PORT_R]).tolist():
+                if int(port) not in (5060, 5061):  # SIP ports keep Wireshark's SIP/SIP-over-TLS mapping
+                    want[("tcp", int(port))] = proto_name
+        return [(t, p, proto) for (t, p), proto in list(want.items())[:200]]
+
+    def _dissect(self, factcap: FactCapture, fact_flow: np.ndarray, fact_dir: np.ndarray,
+                 table: fl.FlowTable) -> dict[int, FlowFacts]:
+        out: dict[int, FlowFacts] = {}
+        if factcap.count == 0:
+            return out
+        redact = self.cfg.privacy.redact_http_query
+        for p in dissect(factcap.path, decode_as=self._decode_as(table)):
+            i = p.number - 1
+            if i < 0 or i >= fact_flow.shape[0]:
+                continue
+            f = int(fact_flow[i])
+            ff = out.get(f)
+            if ff is None:
+                ff = out[f] = FlowFacts(http=HttpFacts(redact_query=redact))
+            ff.observe(p, int(fact_dir[i]))
+        return out
+
+    # ---- building the flow table ---------------------------------------------------------------
+    def _build(self, table: fl.FlowTable, facts: dict[int, FlowFacts]) -> pa.Table:
+        n = table.nflows
+        fs = table.fs[:n]
+        fu = table.fu[:n]
+        addr_cache: dict[tuple[int, int], str] = {}
+
+        def addr(hi: int, lo: int) -> str:
+            k = (hi, lo)
+            v = addr_cache.get(k)
+            if v is None:
+                v = addr_cache[k] = _addr(hi, lo)
+            return v
+
+        orig_h = [addr(int(a), int(b)) for a, b in zip(fu[:, fl.U_ORIG_HI], fu[:, fl.U_ORIG_LO], strict=True)]
+        resp_h = [addr(int(a), int(b)) for a, b in zip(fu[:, fl.U_RESP_HI], fu[:, fl.U_RESP_LO], strict=True)]
+        proto = ["tcp" if p == 6 else "udp" for p in fs[:, fl.F_PROTO].tolist()]
+        orig_p = fs[:, fl.F_PORT_O].tolist()
+        resp_p = fs[:, fl.F_PORT_R].tolist()
+        orig_role = [self.topology.role_of(a) for a in orig_h]
+        resp_role = [self.topology.role_of(a) for a in resp_h]
+        services = [self.catalogue.service_for(proto[i], orig_p[i], resp_p[i], orig_role[i], resp_role[i])
+                    for i in range(n)]
+        sid = self.cfg.sensor.id
+        uids = [_uid(sid, orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i], int(fs[i, fl.F_FIRST_TS]))
+                for i in range(n)]
+        per_flow: dict[str, list[object]] = {
+            "flow_start": fs[:, fl.F_FIRST_TS].tolist(), "uid": uids, "orig_h": orig_h, "orig_p": orig_p,
+            "resp_h": resp_h, "resp_p": resp_p, "proto": proto, "ip_version": fs[:, fl.F_IPVER].tolist(),
+            "service": [s[0] for s in services], "service_source": [s[1] for s in services],
+            "orig_role": orig_role, "resp_role": resp_role,
+            "orig_first_byte": [None if v < 0 else v for v in fs[:, fl.F_FIRST_BYTE].tolist()],
+            "resp_first_byte": [None if v < 0 else v for v in fs[:, fl.F_FIRST_BYTE + 1].tolist()],
+        }
+        fact_cols = self._fact_columns(table, facts, orig_h, orig_p, resp_h, resp_p, proto)
+        per_flow.update(fact_cols)
+        rec = table.rec[: table.nrecords]
+        idx = rec[:, fl.R_FLOW]
+        flow_fields = [f for f in FLOW_SCHEMA if f.name in per_flow]
+        flow_tbl = pa.table({f.name: pa.array(per_flow[f.name], type=f.type) for f in flow_fields})
+        if idx.size:
+            taken = flow_tbl.take(pa.array(idx))
+        else:
+            taken = flow_tbl.slice(0, 0)
+        first = rec[:, fl.R_FIRST]
+        last = rec[:, fl.R_LAST]
+        cols: dict[str, pa.Array] = {
+            "ts": pa.array(first // 1000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "ts_end": pa.array(last // 1000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "interval_seq": pa.array(rec[:, fl.R_SEQ], pa.int32()),
+            "sensor_id": pa.array([sid] * len(rec), pa.string()),
+            "source": pa.array([self.source_name] * len(rec), pa.string()),
+            "duration": pa.array((last - first) / 1e9, pa.float64()),
+            "orig_pkts": pa.array(rec[:, fl.R_PK]), "resp_pkts": pa.array(rec[:, fl.R_PK + 1]),
+            "orig_bytes": pa.array(rec[:, fl.R_BY]), "resp_bytes": pa.array(rec[:, fl.R_BY + 1]),
+            "orig_ip_bytes": pa.array(rec[:, fl.R_IPBY]), "resp_ip_bytes": pa.array(rec[:, fl.R_IPBY + 1]),
+        }
+        arrays = []
+        for f in FLOW_SCHEMA:
+            if f.name in cols:
+                arrays.append(cols[f.name].cast(f.type))
+            elif f.name == "flow_start":
+                arrays.append(pa.array(np.asarray(taken.column("flow_start").to_numpy()) // 1000,
+                                       pa.int64()).cast(f.type) if idx.size else pa.array([], f.type))
+            else:
+                arrays.append(taken.column(f.name))
+        result = pa.Table.from_arrays(arrays, schema=FLOW_SCHEMA)
+        return result.sort_by([("ts", "ascending"), ("uid", "ascending")])
+
+    def _fact_columns(self, table: fl.FlowTable, facts: dict[int, FlowFacts], orig_h: list[str],
+                      orig_p: list[int], resp_h: list[str], resp_p: list[int],
+                      proto: list[str]) -> dict[str, list[object]]:
+        n = table.nflows
+        fs = table.fs[:n]
+        names = [f.name for f in FLOW_SCHEMA]
+        out: dict[str, list[object]] = {k: [None] * n for k in names if k.startswith(
+            ("tls_", "sip_", "sdp_", "media_", "rtp_", "rtcp_", "stun_", "http_")) or k in ("app", "ms_turn")}
+        sdp_index: dict[tuple[str, int], list[SdpMedia]] = {}
+        for ff in facts.values():
+            for m in ff.sip.media:
+                if m.address:
+                    sdp_index.setdefault((m.address, m.port), []).append(m)
+        endpoints = {(orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i]): i for i in range(n)}
+        media_own: dict[int, list[rtp.Evidence]] = {}
+        kinds: dict[int, str] = {}
+        for i in range(n):
+            if proto[i] != "udp":
+                continue
+            st = table.media_stats(i)
+            if rtp.is_rtp_stream(st):
+                kinds[i] = "rtp"
+            elif rtp.is_rtcp_stream(st):
+                kinds[i] = "rtcp"
+            else:
+                continue
+            media_own[i] = rtp.own_evidence(st)
+            out["rtp_payload_types"][i] = list(st.payload_types) or None
+            out["rtp_packets"][i] = st.rtp_packets
+            out["rtcp_packets"][i] = st.rtcp_packets
+            out["rtp_ssrcs"][i] = 1 if st.rtp_packets else 0
+        for i in range(n):
+            cls = fs[i, fl.F_CLS:]
+            ff = facts.get(i)
+            sip_fast = int(cls[pk.CLS_SIP_REQ] + cls[pk.CLS_SIP_RESP])
+            http_fast = int(cls[pk.CLS_HTTP_REQ])
+            stun_fast = int(cls[pk.CLS_STUN] + cls[pk.CLS_STUN_OLD])
+            tls_fast = int(cls[pk.CLS_TLS_HS] + cls[pk.CLS_TLS_REC] + cls[pk.CLS_SSL2])
+            if ff is not None:
+                if ff.tls.seen:
+                    for k, v in ff.tls.columns().items():
+                        out[k][i] = v
+                if ff.sip.messages or ff.sip.media:
+                    for k, v in ff.sip.columns().items():
+                        out[k][i] = v
+                if ff.http.requests:
+                    for k, v in ff.http.columns().items():
+                        out[k][i] = v
+                if ff.stun.messages:
+                    for k, v in ff.stun.columns().items():
+                        out[k][i] = v
+            sip_msgs = max(sip_fast, ff.sip.messages if ff else 0)
+            out["sip_plain"][i] = sip_msgs > 0
+            out["sip_messages"][i] = sip_msgs
+            if http_fast and not out["http_requests"][i]:
+                out["http_requests"][i] = http_fast
+            if stun_fast or out["stun_messages"][i]:
+                out["stun_messages"][i] = max(stun_fast, int(out["stun_messages"][i] or 0))  # type: ignore[call-overload]
+                if out["ms_turn"][i] is None:
+                    out["ms_turn"][i] = False
+            kind = kinds.get(i)
+            if kind is not None:
+                ev = list(media_own.get(i, []))
+                ev += _sdp_evidence(sdp_index, resp_h[i], resp_p[i], orig_h[i], orig_p[i], kind == "rtcp")
+                if ff is not None and ff.dtls_srtp:
+                    ev.append(rtp.Evidence(True, 0.9, "dtls:use_srtp keying on the same 5-tuple"))
+                step = 1 if kind == "rtp" else -1
+                mate = endpoints.get((orig_h[i], orig_p[i] + step, resp_h[i], resp_p[i] + step, "udp"))
+                if mate is not None and mate in media_own:
+                    for e in media_own[mate]:
+                        if e.text.startswith(("rtcp:", "len:", "bytes:")):
+                            ev.append(rtp.Evidence(e.encrypted, round(e.confidence * 0.95, 3), "companion " + e.text))
+                enc, conf = rtp.verdict(ev)
+                out["media_encrypted"][i] = enc
+                out["media_confidence"][i] = conf
+                out["media_evidence"][i] = [e.text for e in ev] or None
+            out["app"][i] = _app(proto[i], kind, out, i, sip_msgs, tls_fast, ff)
+        return out
+
+
+def _sdp_evidence(index: dict[tuple[str, int], list[SdpMedia]], rh: str, rp: int, oh: str, op: int,
+                  rtcp_flow: bool) -> list[rtp.Evidence]:
+    """Evidence from SDP that announced this flow's endpoints (RTCP: the RTP port below, RFC 3550 §11)."""
+    delta = 1 if rtcp_flow else 0
+    matched = index.get((rh, rp - delta), []) + index.get((oh, op - delta), [])
+    if not matched:
+        return []
+    answers = [m for m in matched if m.is_answer]
+    use = answers or matched
+    enc = [("SAVP" in m.proto or m.crypto) and m.encryption != "rejected" for m in use]
+    desc = sorted({m.proto + ("+crypto" if m.crypto else "") for m in use})
+    if all(enc):
+        return [rtp.Evidence(True, 0.95, "sdp:" + ",".join(desc))]
+    if not any(enc):
+        return [rtp.Evidence(False, 0.95, "sdp:" + ",".join(desc))]
+    return []
+
+
+def _app(proto: str, kind: str | None, out: dict[str, list[object]], i: int, sip_msgs: int, tls_fast: int,
+         ff: FlowFacts | None) -> str | None:
+    if kind == "rtp":
+        return "srtp" if out["media_encrypted"][i] is True else "rtp"
+    if kind == "rtcp":
+        return "srtcp" if out["media_encrypted"][i] is True else "rtcp"
+    if ff is not None and ff.tls.pseudo:
+        return "ms-turn"
+    if ff is not None and ff.tls.sslv2_server_hello:
+        return "sslv2"
+    if (ff is not None and ff.tls.seen) or (proto == "tcp" and tls_fast):
+        return "tls"
+    if sip_msgs:
+        return "sip"
+    if out["http_requests"][i]:
+        return "http"
+    if out["stun_messages"][i]:
+        return "ms-turn" if out["ms_turn"][i] else "stun"
+    if ff is not None and ff.dtls_srtp:
+        return "dtls"
+    return None
+
+
+def _uid(sensor_id: str, oh: str, op: int, rh: str, rp: int, proto: str, first_ns: int) -> str:
+    """Zeek-style flow id: 'C' and 17 base-62 digits of a hash of the sensor, 5-tuple and start time."""
+    h = int.from_bytes(hashlib.blake2b(f"{sensor_id}|{oh}|{op}|{rh}|{rp}|{proto}|{first_ns}".encode(),
+                                       digest_size=12).digest(), "big")
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    out = []
+    for _ in range(17):
+        h, r = divmod(h, 62)
+        out.append(digits[r])
+    return "C" + "".join(out)

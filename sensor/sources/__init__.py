@@ -1,0 +1,1 @@
+"""Front ends: capture files (pcap, pcapng); later live interfaces and Zeek logs."""

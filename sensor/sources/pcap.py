@@ -1,0 +1,289 @@
+"""Capture file front end: reads pcap and pcapng in blocks and indexes packet records column-wise."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numba as nb
+import numpy as np
+import numpy.typing as npt
+
+from sensor.errors import SourceError
+
+# Link types the decoder understands (tcpdump.org/linktypes.html).
+SUPPORTED_LINKTYPES = {0: "NULL", 1: "ETHERNET", 12: "RAW", 101: "RAW", 113: "LINUX_SLL", 228: "IPV4",
+                       229: "IPV6", 276: "LINUX_SLL2"}
+
+# A record claiming more than this is damage, not a packet (Wireshark's WTAP_MAX_PACKET_SIZE_STANDARD).
+MAX_CAPLEN = 262_144
+BLOCK_BYTES = 16 << 20
+MAX_BATCH = 1 << 18
+
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1000),  # microsecond, little-endian
+    b"\xa1\xb2\xc3\xd4": (">", 1000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),  # nanosecond
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}
+PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+
+
+@dataclass
+class Batch:
+    """A batch of packets: one buffer and per-packet columns pointing into it."""
+
+    buf: npt.NDArray[np.uint8]
+    offset: npt.NDArray[np.int64]
+    caplen: npt.NDArray[np.int32]
+    wirelen: npt.NDArray[np.int32]
+    ts_ns: npt.NDArray[np.int64]
+    linktype: npt.NDArray[np.int16]
+
+    def __len__(self) -> int:
+        return int(self.offset.shape[0])
+
+
+@dataclass
+class ReadStats:
+    """What the reader saw: packets, bytes and any damage (a reason and the bytes skipped)."""
+
+    packets: int = 0
+    bytes_read: int = 0
+    file_bytes: int = 0
+    damaged: list[str] = field(default_factory=list)
+    skipped_bytes: int = 0
+
+
+@nb.njit(cache=True, nogil=True)
+def _u32(buf: npt.NDArray[np.uint8], p: int, big: bool) -> int:
+    if big:
+        return (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16) | (np.int64(buf[p + 2]) << 8) | buf[p + 3]
+    return (np.int64(buf[p + 3]) << 24) | (np.int64(buf[p + 2]) << 16) | (np.int64(buf[p + 1]) << 8) | buf[p]
+
+
+@nb.njit(cache=True, nogil=True)
+def _u16(buf: npt.NDArray[np.uint8], p: int, big: bool) -> int:
+    if big:
+        return (np.int64(buf[p]) << 8) | buf[p + 1]
+    return (np.int64(buf[p + 1]) << 8) | buf[p]
+
+
+@nb.njit(cache=True, nogil=True)
+def index_pcap(buf, end, big, ns_per_tick, linktype, offs, caplens, wirelens, ts, lts):  # type: ignore[no-untyped-def]
+    """Index classic pcap records in buf[0:end]; returns (records, bytes consumed, damage flag)."""
+    pos = 0
+    n = 0
+    cap = offs.shape[0]
+    while n < cap and pos + 16 <= end:
+        sec = _u32(buf, pos, big)
+        frac = _u32(buf, pos + 4, big)
+        incl = _u32(buf, pos + 8, big)
+        orig = _u32(buf, pos + 12, big)
+        if incl > 262144 or frac >= 1_000_000_000:
+            return n, pos, 1
+        if pos + 16 + incl > end:
+            break
+        offs[n] = pos + 16
+        caplens[n] = incl
+        wirelens[n] = orig if orig >= incl else incl
+        ts[n] = sec * 1_000_000_000 + frac * ns_per_tick
+        lts[n] = linktype
+        n += 1
+        pos += 16 + incl
+    return n, pos, 0
+
+
+@nb.njit(cache=True, nogil=True)
+def index_pcapng(buf, end, state, if_link, if_mul, if_div, offs, caplens, wirelens, ts, lts):  # type: ignore[no-untyped-def]
+    """Index pcapng blocks in buf[0:end]; state = [big-endian flag, interfaces, last ts].
+
+    Returns (packets, bytes consumed, damage flag). Interface description blocks update if_* in place.
+    """
+    pos = 0
+    n = 0
+    cap = offs.shape[0]
+    while n < cap and pos + 12 <= end:
+        big = state[0] == 1
+        btype = _u32(buf, pos, big)
+        if btype == 0x0A0D0D0A:
+            bom = _u32(buf, pos + 8, False)
+            if bom == 0x1A2B3C4D:
+                state[0] = 0
+            elif bom == 0x4D3C2B1A:
+                state[0] = 1
+            else:
+                return n, pos, 1
+            big = state[0] == 1
+            state[1] = 0
+        blen = _u32(buf, pos + 4, big)
+        if blen < 12 or blen % 4 != 0 or blen > 262144 + 4096:
+            return n, pos, 1
+        if pos + blen > end:
+            break
+        if btype == 1:  # Interface Description Block
+            k = state[1]
+            if k < if_link.shape[0]:
+                if_link[k] = _u16(buf, pos + 8, big)
+                if_mul[k] = 1000
+                if_div[k] = 1
+                op = pos + 16
+                while op + 4 <= pos + blen - 4:
+                    code = _u16(buf, op, big)
+                    olen = _u16(buf, op + 2, big)
+                    if code == 0:
+                        break
+                    if code == 9 and olen >= 1:
+                        r = buf[op + 4]
+                        if r & 0x80 == 0:
+                            if r <= 9:
+                                if_mul[k] = 10 ** (9 - r)
+                                if_div[k] = 1
+                            else:
+                                if_mul[k] = 1
+                                if_div[k] = 10 ** (r - 9)
+                        else:
+                            # binary resolution 2^-r: ticks * 1e9 / 2^r
+                            if_mul[k] = 1_000_000_000
+                            if_div[k] = 1 << (r & 0x7F)
+                    op += 4 + ((olen + 3) // 4) * 4
+            state[1] = k + 1
+        elif btype == 6 or btype == 2:  # Enhanced Packet Block (or obsolete Packet Block)
+            if btype == 6:
+                iface = _u32(buf, pos + 8, big)
+            else:
+                iface = _u16(buf, pos + 8, big)
+            hi = _u32(buf, pos + 12, big)
+            lo = _u32(buf, pos + 16, big)
+            incl = _u32(buf, pos + 20, big)
+            orig = _u32(buf, pos + 24, big)
+            if incl > blen - 32 or iface >= state[1] or iface >= if_link.shape[0]:
+                return n, pos, 1
+            ticks = (hi << 32) | lo
+            mul = if_mul[iface]
+            div = if_div[iface]
+            if div == 1:
+                t = ticks * mul
+            elif mul == 1:
+                t = ticks // div
+            else:
+                t = (ticks // div) * mul + ((ticks % div) * mul) // div
+            offs[n] = pos + 28
+            caplens[n] = incl
+            wirelens[n] = orig if orig >= incl else incl
+            ts[n] = t
+            lts[n] = if_link[iface]
+            state[2] = t
+            n += 1
+        elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
+            orig = _u32(buf, pos + 8, big)
+            incl = blen - 16
+            if orig < incl:
+                incl = orig
+            if state[1] < 1:
+                return n, pos, 1
+            offs[n] = pos + 12
+            caplens[n] = incl
+            wirelens[n] = orig
+            ts[n] = state[2]
+            lts[n] = if_link[0]
+            n += 1
+        pos += blen
+    return n, pos, 0
+
+
+class CaptureReader:
+    """Reads one capture file in blocks; yields Batch objects; records damage instead of raising mid-file."""
+
+    def __init__(self, path: Path, *, batch_packets: int = MAX_BATCH, block_bytes: int = BLOCK_BYTES) -> None:
+        self.path = path
+        self.batch_packets = batch_packets
+        self.block_bytes = block_bytes
+        self.stats = ReadStats()
+        try:
+            self.stats.file_bytes = path.stat().st_size
+            with path.open("rb") as fh:
+                head = fh.read(24)
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot read capture: {exc.strerror or exc}") from exc
+        if len(head) == 0:
+            raise SourceError(f"{path}: empty file, not a capture")
+        magic = head[:4]
+        if magic in PCAP_MAGICS:
+            if len(head) < 24:
+                raise SourceError(f"{path}: truncated pcap header ({len(head)} of 24 bytes)")
+            self.format = "pcap"
+            endian, self._ns_per_tick = PCAP_MAGICS[magic]
+            self._big = endian == ">"
+            self._linktype = struct.unpack(endian + "I", head[20:24])[0] & 0x0FFFFFFF
+            if self._linktype not in SUPPORTED_LINKTYPES:
+                raise SourceError(f"{path}: unsupported link type {self._linktype} (supported: "
+                                  + ", ".join(f"{k} {v}" for k, v in sorted(SUPPORTED_LINKTYPES.items())) + ")")
+        elif magic == PCAPNG_SHB:
+            self.format = "pcapng"
+        else:
+            raise SourceError(f"{path}: not a pcap or pcapng capture (magic {magic.hex()})")
+
+    def _alloc(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int32],
+                              npt.NDArray[np.int64], npt.NDArray[np.int16]]:
+        n = self.batch_packets
+        return (np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int64),
+                np.empty(n, np.int16))
+
+    def __iter__(self) -> Iterator[Batch]:
+        if_link = np.zeros(64, np.int64)
+        if_mul = np.ones(64, np.int64)
+        if_div = np.ones(64, np.int64)
+        state = np.zeros(3, np.int64)
+        with self.path.open("rb") as fh:
+            if self.format == "pcap":
+                fh.seek(24)
+                self.stats.bytes_read = 24
+            yield from self._blocks(fh, state, if_link, if_mul, if_div)
+
+    def _blocks(self, fh: BinaryIO, state: npt.NDArray[np.int64], if_link: npt.NDArray[np.int64],
+                if_mul: npt.NDArray[np.int64], if_div: npt.NDArray[np.int64]) -> Iterator[Batch]:
+        tail = b""
+        eof = False
+        while True:
+            chunk = b"" if eof else fh.read(self.block_bytes)
+            if not chunk:
+                eof = True
+            data = tail + chunk if tail else chunk
+            if not data:
+                return
+            buf = np.frombuffer(data, dtype=np.uint8)
+            pos = 0
+            end = len(data)
+            while True:
+                offs, caplens, wirelens, ts, lts = self._alloc()
+                view = buf[pos:]
+                if self.format == "pcap":
+                    n, used, bad = index_pcap(view, end - pos, self._big, self._ns_per_tick, self._linktype,
+                                              offs, caplens, wirelens, ts, lts)
+                else:
+                    n, used, bad = index_pcapng(view, end - pos, state, if_link, if_mul, if_div,
+                                                offs, caplens, wirelens, ts, lts)
+                if n:
+                    self.stats.packets += int(n)
+                    yield Batch(view, offs[:n], caplens[:n], wirelens[:n], ts[:n], lts[:n])
+                pos += int(used)
+                self.stats.bytes_read += int(used)
+                if bad:
+                    self._damage(f"corrupt record header at byte {self.stats.bytes_read}",
+                                 self.stats.file_bytes - self.stats.bytes_read)
+                    return
+                if n < self.batch_packets:
+                    break
+            tail = data[pos:]
+            if eof:
+                if tail:
+                    self._damage(f"truncated: last record cut short at byte {self.stats.bytes_read}", len(tail))
+                return
+
+    def _damage(self, reason: str, skipped: int) -> None:
+        self.stats.damaged.append(reason)
+        self.stats.skipped_bytes += max(0, skipped)
