@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +32,7 @@ from sensor.topology import Topology
 
 log = logging.getLogger(__name__)
 
+MEDIA_APPS = ("rtp", "srtp", "rtcp", "srtcp")
 ProgressFn = Callable[[str, int, int, int], None]  # (file, bytes read, file bytes, packets)
 
 
@@ -89,11 +91,18 @@ def _addr(hi: int, lo: int) -> str:
 class Analyzer:
     """Runs the pipeline for one set of captures with one config."""
 
-    def __init__(self, cfg: Config, *, topology: Topology | None = None, catalogue: Catalogue | None = None,
-                 progress: ProgressFn | None = None, source_name: str = "pcap") -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        topology: Topology | None = None,
+        catalogue: Catalogue | None = None,
+        progress: ProgressFn | None = None,
+        source_name: str = "pcap",
+    ) -> None:
         self.cfg = cfg
         self.topology = topology or Topology.from_config(cfg)
-        self.catalogue = catalogue or Catalogue.load(cfg.ports, source=cfg.source)
+        self.catalogue = catalogue or Catalogue.load(cfg.ports, source=str(cfg.source) if cfg.source else None)
         self.progress = progress
         self.source_name = source_name
 
@@ -101,9 +110,13 @@ class Analyzer:
         started = time.monotonic()
         s = self.cfg.sensor
         table = fl.FlowTable(
-            interval_s=s.interval, idle_s=s.idle_timeout, fact_packets=s.fact_packets_per_flow,
-            sip_messages=s.sip_messages_per_flow, server_tcp=self.catalogue.server_ports("tcp"),
-            server_udp=self.catalogue.server_ports("udp"))
+            interval_s=s.interval,
+            idle_s=s.idle_timeout,
+            fact_packets=s.fact_packets_per_flow,
+            sip_messages=s.sip_messages_per_flow,
+            server_tcp=self.catalogue.server_ports("tcp"),
+            server_udp=self.catalogue.server_ports("udp"),
+        )
         readers = [CaptureReader(p) for p in captures]  # open all first: a bad path fails before any work
         reports: list[CaptureReport] = []
         with tempfile.TemporaryDirectory(prefix="lync-sensor-") as tmp:
@@ -117,8 +130,9 @@ class Analyzer:
                     if self.progress:
                         self.progress(str(reader.path), reader.stats.bytes_read, reader.stats.file_bytes, packets)
                 st = reader.stats
-                reports.append(CaptureReport(reader.path, reader.format, st.packets, list(st.damaged),
-                                             st.skipped_bytes))
+                reports.append(
+                    CaptureReport(reader.path, reader.format, st.packets, list(st.damaged), st.skipped_bytes)
+                )
             table.finish()
             fact_flow, fact_dir = factcap.close()
             facts_by_flow = self._dissect(factcap, fact_flow, fact_dir, table)
@@ -136,8 +150,9 @@ class Analyzer:
                     want[("tcp", int(port))] = proto_name
         return [(t, p, proto) for (t, p), proto in list(want.items())[:200]]
 
-    def _dissect(self, factcap: FactCapture, fact_flow: np.ndarray, fact_dir: np.ndarray,
-                 table: fl.FlowTable) -> dict[int, FlowFacts]:
+    def _dissect(
+        self, factcap: FactCapture, fact_flow: np.ndarray, fact_dir: np.ndarray, table: fl.FlowTable
+    ) -> dict[int, FlowFacts]:
         out: dict[int, FlowFacts] = {}
         if factcap.count == 0:
             return out
@@ -174,29 +189,34 @@ class Analyzer:
         resp_p = fs[:, fl.F_PORT_R].tolist()
         orig_role = [self.topology.role_of(a) for a in orig_h]
         resp_role = [self.topology.role_of(a) for a in resp_h]
-        services = [self.catalogue.service_for(proto[i], orig_p[i], resp_p[i], orig_role[i], resp_role[i])
-                    for i in range(n)]
         sid = self.cfg.sensor.id
-        uids = [_uid(sid, orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i], int(fs[i, fl.F_FIRST_TS]))
-                for i in range(n)]
-        per_flow: dict[str, list[object]] = {
-            "flow_start": fs[:, fl.F_FIRST_TS].tolist(), "uid": uids, "orig_h": orig_h, "orig_p": orig_p,
-            "resp_h": resp_h, "resp_p": resp_p, "proto": proto, "ip_version": fs[:, fl.F_IPVER].tolist(),
-            "service": [s[0] for s in services], "service_source": [s[1] for s in services],
-            "orig_role": orig_role, "resp_role": resp_role,
+        uids = [
+            _uid(sid, orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i], int(fs[i, fl.F_FIRST_TS])) for i in range(n)
+        ]
+        per_flow: dict[str, list[Any]] = {
+            "flow_start": (fs[:, fl.F_FIRST_TS] // 1000).tolist(),
+            "uid": uids,
+            "orig_h": orig_h,
+            "orig_p": orig_p,
+            "resp_h": resp_h,
+            "resp_p": resp_p,
+            "proto": proto,
+            "ip_version": fs[:, fl.F_IPVER].tolist(),
+            "orig_role": orig_role,
+            "resp_role": resp_role,
             "orig_first_byte": [None if v < 0 else v for v in fs[:, fl.F_FIRST_BYTE].tolist()],
             "resp_first_byte": [None if v < 0 else v for v in fs[:, fl.F_FIRST_BYTE + 1].tolist()],
         }
         fact_cols = self._fact_columns(table, facts, orig_h, orig_p, resp_h, resp_p, proto)
         per_flow.update(fact_cols)
+        per_flow["service"], per_flow["service_source"] = self._services(
+            proto, orig_p, resp_p, orig_role, resp_role, fact_cols["app"]
+        )
         rec = table.rec[: table.nrecords]
         idx = rec[:, fl.R_FLOW]
         flow_fields = [f for f in FLOW_SCHEMA if f.name in per_flow]
         flow_tbl = pa.table({f.name: pa.array(per_flow[f.name], type=f.type) for f in flow_fields})
-        if idx.size:
-            taken = flow_tbl.take(pa.array(idx))
-        else:
-            taken = flow_tbl.slice(0, 0)
+        taken = flow_tbl.take(pa.array(idx)) if idx.size else flow_tbl.slice(0, 0)
         first = rec[:, fl.R_FIRST]
         last = rec[:, fl.R_LAST]
         cols: dict[str, pa.Array] = {
@@ -206,33 +226,67 @@ class Analyzer:
             "sensor_id": pa.array([sid] * len(rec), pa.string()),
             "source": pa.array([self.source_name] * len(rec), pa.string()),
             "duration": pa.array((last - first) / 1e9, pa.float64()),
-            "orig_pkts": pa.array(rec[:, fl.R_PK]), "resp_pkts": pa.array(rec[:, fl.R_PK + 1]),
-            "orig_bytes": pa.array(rec[:, fl.R_BY]), "resp_bytes": pa.array(rec[:, fl.R_BY + 1]),
-            "orig_ip_bytes": pa.array(rec[:, fl.R_IPBY]), "resp_ip_bytes": pa.array(rec[:, fl.R_IPBY + 1]),
+            "orig_pkts": pa.array(rec[:, fl.R_PK]),
+            "resp_pkts": pa.array(rec[:, fl.R_PK + 1]),
+            "orig_bytes": pa.array(rec[:, fl.R_BY]),
+            "resp_bytes": pa.array(rec[:, fl.R_BY + 1]),
+            "orig_ip_bytes": pa.array(rec[:, fl.R_IPBY]),
+            "resp_ip_bytes": pa.array(rec[:, fl.R_IPBY + 1]),
         }
         arrays = []
         for f in FLOW_SCHEMA:
             if f.name in cols:
                 arrays.append(cols[f.name].cast(f.type))
-            elif f.name == "flow_start":
-                arrays.append(pa.array(np.asarray(taken.column("flow_start").to_numpy()) // 1000,
-                                       pa.int64()).cast(f.type) if idx.size else pa.array([], f.type))
             else:
                 arrays.append(taken.column(f.name))
         result = pa.Table.from_arrays(arrays, schema=FLOW_SCHEMA)
         return result.sort_by([("ts", "ascending"), ("uid", "ascending")])
 
-    def _fact_columns(self, table: fl.FlowTable, facts: dict[int, FlowFacts], orig_h: list[str],
-                      orig_p: list[int], resp_h: list[str], resp_p: list[int],
-                      proto: list[str]) -> dict[str, list[object]]:
+    def _services(
+        self,
+        proto: list[str],
+        orig_p: list[int],
+        resp_p: list[int],
+        orig_role: list[str],
+        resp_role: list[str],
+        app: list[object],
+    ) -> tuple[list[str | None], list[str | None]]:
+        """Service from the port catalogue. Client media ranges span 1024-65535 ([CLIRANGE] defaults), so a
+        client-range row names a flow only when the flow is media-shaped."""
+        services: list[str | None] = []
+        sources: list[str | None] = []
+        for i in range(len(proto)):
+            row = self.catalogue.match(proto[i], orig_p[i], resp_p[i], orig_role[i], resp_role[i])
+            if row is None or (row.role == "client" and row.is_range and app[i] not in MEDIA_APPS):
+                services.append(None)
+                sources.append(None)
+            else:
+                services.append(row.service)
+                sources.append(row.source)
+        return services, sources
+
+    def _fact_columns(
+        self,
+        table: fl.FlowTable,
+        facts: dict[int, FlowFacts],
+        orig_h: list[str],
+        orig_p: list[int],
+        resp_h: list[str],
+        resp_p: list[int],
+        proto: list[str],
+    ) -> dict[str, list[object]]:
         n = table.nflows
         fs = table.fs[:n]
         names = [f.name for f in FLOW_SCHEMA]
-        out: dict[str, list[object]] = {k: [None] * n for k in names if k.startswith(
-            ("tls_", "sip_", "sdp_", "media_", "rtp_", "rtcp_", "stun_", "http_")) or k in ("app", "ms_turn")}
+        out: dict[str, list[object]] = {
+            k: [None] * n
+            for k in names
+            if k.startswith(("tls_", "sip_", "sdp_", "media_", "rtp_", "rtcp_", "stun_", "http_"))
+            or k in ("app", "ms_turn")
+        }
         sdp_index: dict[tuple[str, int], list[SdpMedia]] = {}
-        for ff in facts.values():
-            for m in ff.sip.media:
+        for flow_facts in facts.values():
+            for m in flow_facts.sip.media:
                 if m.address:
                     sdp_index.setdefault((m.address, m.port), []).append(m)
         endpoints = {(orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i]): i for i in range(n)}
@@ -254,8 +308,8 @@ class Analyzer:
             out["rtcp_packets"][i] = st.rtcp_packets
             out["rtp_ssrcs"][i] = 1 if st.rtp_packets else 0
         for i in range(n):
-            cls = fs[i, fl.F_CLS:]
-            ff = facts.get(i)
+            cls = fs[i, fl.F_CLS :]
+            ff: FlowFacts | None = facts.get(i)
             sip_fast = int(cls[pk.CLS_SIP_REQ] + cls[pk.CLS_SIP_RESP])
             http_fast = int(cls[pk.CLS_HTTP_REQ])
             stun_fast = int(cls[pk.CLS_STUN] + cls[pk.CLS_STUN_OLD])
@@ -302,8 +356,9 @@ class Analyzer:
         return out
 
 
-def _sdp_evidence(index: dict[tuple[str, int], list[SdpMedia]], rh: str, rp: int, oh: str, op: int,
-                  rtcp_flow: bool) -> list[rtp.Evidence]:
+def _sdp_evidence(
+    index: dict[tuple[str, int], list[SdpMedia]], rh: str, rp: int, oh: str, op: int, rtcp_flow: bool
+) -> list[rtp.Evidence]:
     """Evidence from SDP that announced this flow's endpoints (RTCP: the RTP port below, RFC 3550 §11)."""
     delta = 1 if rtcp_flow else 0
     matched = index.get((rh, rp - delta), []) + index.get((oh, op - delta), [])
@@ -320,8 +375,15 @@ def _sdp_evidence(index: dict[tuple[str, int], list[SdpMedia]], rh: str, rp: int
     return []
 
 
-def _app(proto: str, kind: str | None, out: dict[str, list[object]], i: int, sip_msgs: int, tls_fast: int,
-         ff: FlowFacts | None) -> str | None:
+def _app(
+    proto: str,
+    kind: str | None,
+    out: dict[str, list[object]],
+    i: int,
+    sip_msgs: int,
+    tls_fast: int,
+    ff: FlowFacts | None,
+) -> str | None:
     if kind == "rtp":
         return "srtp" if out["media_encrypted"][i] is True else "rtp"
     if kind == "rtcp":
@@ -345,8 +407,10 @@ def _app(proto: str, kind: str | None, out: dict[str, list[object]], i: int, sip
 
 def _uid(sensor_id: str, oh: str, op: int, rh: str, rp: int, proto: str, first_ns: int) -> str:
     """Zeek-style flow id: 'C' and 17 base-62 digits of a hash of the sensor, 5-tuple and start time."""
-    h = int.from_bytes(hashlib.blake2b(f"{sensor_id}|{oh}|{op}|{rh}|{rp}|{proto}|{first_ns}".encode(),
-                                       digest_size=12).digest(), "big")
+    h = int.from_bytes(
+        hashlib.blake2b(f"{sensor_id}|{oh}|{op}|{rh}|{rp}|{proto}|{first_ns}".encode(), digest_size=12).digest(),
+        "big",
+    )
     digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
     out = []
     for _ in range(17):

@@ -19,10 +19,20 @@ log = logging.getLogger("lync-sensor")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None,
-                   help="site config (TOML); default: $LYNC_SENSOR_CONFIG, else built-in defaults")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set sensor.interval=30 (repeatable)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="site config (TOML); default: $LYNC_SENSOR_CONFIG, else built-in defaults",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set sensor.interval=30 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,16 +77,29 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     written = LakeWriter(lake, cfg.sensor.id).write("flows", result.table)
     for rep in result.captures:
         for reason in rep.damaged:
-            print(f"warning: {rep.path}: {reason}; {rep.packets:,} packets read before it, "
-                  f"{rep.skipped_bytes:,} bytes skipped", file=sys.stderr)
+            print(
+                f"warning: {rep.path}: {reason}; {rep.packets:,} packets read before it, "
+                f"{rep.skipped_bytes:,} bytes skipped",
+                file=sys.stderr,
+            )
     if args.json:
-        print(json.dumps({"packets": result.packets, "flows": result.table.num_rows,
-                          "files": [str(w.path) for w in written], "summary": summarize(result.table)},
-                         default=str))
+        print(
+            json.dumps(
+                {
+                    "packets": result.packets,
+                    "flows": result.table.num_rows,
+                    "files": [str(w.path) for w in written],
+                    "summary": summarize(result.table),
+                },
+                default=str,
+            )
+        )
         return EXIT_OK
     rate = result.packets / result.seconds if result.seconds else 0.0
-    print(f"Analysed {len(result.captures)} capture(s): {result.packets:,} packets in {result.seconds:.1f} s "
-          f"({rate:,.0f} packets/s), {result.fact_packets:,} handed to Wireshark's dissectors.")
+    print(
+        f"Analysed {len(result.captures)} capture(s): {result.packets:,} packets in {result.seconds:.1f} s "
+        f"({rate:,.0f} packets/s), {result.fact_packets:,} handed to Wireshark's dissectors."
+    )
     print(f"Wrote {result.table.num_rows:,} flow records to {lake}/flows in {len(written)} file(s).")
     print(render(result.table))
     return EXIT_OK
@@ -93,8 +116,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     handlers = {"analyze": cmd_analyze, "config": cmd_config}
     try:
         return handlers[args.command](args)

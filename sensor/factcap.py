@@ -54,8 +54,9 @@ class FactCapture:
             ts = int(batch.ts_ns[i])
             iface = self._interface(int(batch.linktype[i]))
             data = buf[off : off + cap].tobytes()
-            self._write_block(6, struct.pack("<IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, cap,
-                                             int(batch.wirelen[i])) + data)
+            self._write_block(
+                6, struct.pack("<IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, cap, int(batch.wirelen[i])) + data
+            )
         self.count += int(idx.size)
 
     def close(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int8]]:

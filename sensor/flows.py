@@ -13,6 +13,7 @@ import numba as nb
 import numpy as np
 import numpy.typing as npt
 
+import sensor.jit  # noqa: F401  (numba cache location; before any @njit)
 from sensor import packets as pk
 from sensor import rtp
 from sensor.sources.pcap import Batch
@@ -24,7 +25,15 @@ F_PK, F_BY, F_IPBY, F_TOT_PK, F_TOT_BY = 10, 12, 14, 16, 18
 F_FIRST_BYTE, F_FIRST_CLS, F_DATA_PKTS = 20, 22, 24
 F_FACTS, F_SIP_FACTS, F_FLAGS = 26, 27, 28
 F_RTP_SSRC, F_SSRC_SAME, F_SEQ_LAST, F_SEQ_OK = 29, 31, 32, 34
-F_LEN_TESTED, F_LEN_PLAIN, F_LEN_TAG, F_RTCP_PLAIN, F_RTCP_SRTCP, F_NIB_PKTS, F_ENDED = 35, 36, 37, 38, 39, 40, 41
+F_LEN_TESTED, F_LEN_PLAIN, F_LEN_TAG, F_RTCP_PLAIN, F_RTCP_SRTCP, F_NIB_PKTS, F_ENDED = (
+    35,
+    36,
+    37,
+    38,
+    39,
+    40,
+    41,
+)
 F_CLS = 42
 NFS = F_CLS + pk.NCLS
 # Per-flow uint64 columns: addresses (128-bit as hi/lo) and the RTP payload-type bitmap.
@@ -96,9 +105,34 @@ def _new_flow(fs, fu, nib, state, h_src_first, shi, slo, dhi, dlo, sport, dport,
 
 
 @nb.njit(cache=True, nogil=True)
-def process(buf, offs, caplens, wirelens, tss, lts, start, ht_keys, ht_vals, fs, fu, nib, state, rec,  # type: ignore[no-untyped-def]
-            fact_mask, fact_flow, fact_dir, server_tcp, server_udp, interval_ns, idle_ns, k_fact, k_sip,
-            mtable, mlen, frame_unit):
+def process(  # type: ignore[no-untyped-def]
+    buf,
+    offs,
+    caplens,
+    wirelens,
+    tss,
+    lts,
+    start,
+    ht_keys,
+    ht_vals,
+    fs,
+    fu,
+    nib,
+    state,
+    rec,
+    fact_mask,
+    fact_flow,
+    fact_dir,
+    server_tcp,
+    server_udp,
+    interval_ns,
+    idle_ns,
+    k_fact,
+    k_sip,
+    mtable,
+    mlen,
+    frame_unit,
+):
     """Account packets start.. of one batch. Returns (next index, status); a status other than ST_DONE
     asks the caller to grow the named array and call again from that index."""
     n = offs.shape[0]
@@ -112,7 +146,8 @@ def process(buf, offs, caplens, wirelens, tss, lts, start, ht_keys, ht_vals, fs,
             return i, ST_NEED_TABLE
         fact_mask[i] = 0
         ok, ipver, shi, slo, dhi, dlo, proto, sport, dport, poff, plen, flags, iplen, ff = pk.decode(
-            buf, offs[i], caplens[i], lts[i])
+            buf, offs[i], caplens[i], lts[i]
+        )
         if not ok:
             state[S_NONIP] += 1
             continue
@@ -125,8 +160,18 @@ def process(buf, offs, caplens, wirelens, tss, lts, start, ht_keys, ht_vals, fs,
             ahi, alo, ap, bhi, blo, bp = shi, slo, sport, dhi, dlo, dport
         else:
             ahi, alo, ap, bhi, blo, bp = dhi, dlo, dport, shi, slo, sport
-        h = _mix(ahi ^ _mix(alo ^ _mix(bhi ^ _mix(blo ^ _mix(
-            np.uint64(ap) << np.uint64(24) | np.uint64(bp) << np.uint64(8) | np.uint64(proto))))))
+        h = _mix(
+            ahi
+            ^ _mix(
+                alo
+                ^ _mix(
+                    bhi
+                    ^ _mix(
+                        blo ^ _mix(np.uint64(ap) << np.uint64(24) | np.uint64(bp) << np.uint64(8) | np.uint64(proto))
+                    )
+                )
+            )
+        )
         if h == 0:
             h = np.uint64(1)
         slot = h & mask
@@ -204,9 +249,16 @@ def process(buf, offs, caplens, wirelens, tss, lts, start, ht_keys, ht_vals, fs,
                 want = True
         elif fs[f, F_DATA_PKTS + d] < k_fact:
             if proto == 6:
-                want = first == pk.CLS_TLS_HS or first == pk.CLS_TLS_REC or first == pk.CLS_SSL2 \
-                    or first == pk.CLS_SIP_REQ or first == pk.CLS_SIP_RESP or first == pk.CLS_HTTP_REQ \
-                    or first == pk.CLS_STUN or first == pk.CLS_STUN_OLD
+                want = (
+                    first == pk.CLS_TLS_HS
+                    or first == pk.CLS_TLS_REC
+                    or first == pk.CLS_SSL2
+                    or first == pk.CLS_SIP_REQ
+                    or first == pk.CLS_SIP_RESP
+                    or first == pk.CLS_HTTP_REQ
+                    or first == pk.CLS_STUN
+                    or first == pk.CLS_STUN_OLD
+                )
             else:
                 want = cls == pk.CLS_STUN or cls == pk.CLS_STUN_OLD or cls == pk.CLS_DTLS
         fs[f, F_DATA_PKTS + d] += 1
@@ -224,9 +276,9 @@ def process(buf, offs, caplens, wirelens, tss, lts, start, ht_keys, ht_vals, fs,
             if fs[f, F_RTP_SSRC + d] == ssrc:
                 fs[f, F_SSRC_SAME] += 1
             seq = pk.be16(buf, poff + 2)
-            if fs[f, F_SEQ_LAST + d] >= 0 and seq == ((fs[f, F_SEQ_LAST + d] + 1) & 0xFFFF):
-                fs[f, F_SEQ_OK] += 1
-            elif fs[f, F_SEQ_LAST + d] < 0:
+            if (fs[f, F_SEQ_LAST + d] >= 0 and seq == ((fs[f, F_SEQ_LAST + d] + 1) & 0xFFFF)) or fs[
+                f, F_SEQ_LAST + d
+            ] < 0:
                 fs[f, F_SEQ_OK] += 1
             fs[f, F_SEQ_LAST + d] = seq
             pt = buf[poff + 1] & 0x7F
@@ -286,8 +338,16 @@ class FactPackets:
 class FlowTable:
     """Flow state for one capture run: a hash table of 5-tuples over growing per-flow arrays."""
 
-    def __init__(self, *, interval_s: int, idle_s: int, fact_packets: int, sip_messages: int,
-                 server_tcp: npt.NDArray[np.uint8], server_udp: npt.NDArray[np.uint8]) -> None:
+    def __init__(
+        self,
+        *,
+        interval_s: int,
+        idle_s: int,
+        fact_packets: int,
+        sip_messages: int,
+        server_tcp: npt.NDArray[np.uint8],
+        server_udp: npt.NDArray[np.uint8],
+    ) -> None:
         self.interval_ns = int(interval_s) * 1_000_000_000
         self.idle_ns = int(idle_s) * 1_000_000_000
         self.k_fact = fact_packets
@@ -320,10 +380,33 @@ class FlowTable:
         i = 0
         while True:
             i, status = process(
-                b.buf, b.offset, b.caplen, b.wirelen, b.ts_ns, b.linktype, i, self.ht_keys, self.ht_vals,
-                self.fs, self.fu, self.nib, self.state, self.rec, facts.mask, facts.flow, facts.direction,
-                self.server_tcp, self.server_udp, self.interval_ns, self.idle_ns, self.k_fact, self.k_sip,
-                pk.METHOD_TABLE, pk.METHOD_LEN, rtp.FRAME_UNIT)
+                b.buf,
+                b.offset,
+                b.caplen,
+                b.wirelen,
+                b.ts_ns,
+                b.linktype,
+                i,
+                self.ht_keys,
+                self.ht_vals,
+                self.fs,
+                self.fu,
+                self.nib,
+                self.state,
+                self.rec,
+                facts.mask,
+                facts.flow,
+                facts.direction,
+                self.server_tcp,
+                self.server_udp,
+                self.interval_ns,
+                self.idle_ns,
+                self.k_fact,
+                self.k_sip,
+                pk.METHOD_TABLE,
+                pk.METHOD_LEN,
+                rtp.FRAME_UNIT,
+            )
             if status == ST_DONE:
                 return facts
             if status == ST_NEED_RECORDS:
@@ -354,14 +437,22 @@ class FlowTable:
         row = self.fs[f]
         cls = row[F_CLS:]
         pts = tuple(p for p in range(64) if int(self.fu[f, U_PT_LO]) >> p & 1) + tuple(
-            64 + p for p in range(64) if int(self.fu[f, U_PT_HI]) >> p & 1)
+            64 + p for p in range(64) if int(self.fu[f, U_PT_HI]) >> p & 1
+        )
         return rtp.MediaStats(
-            rtp_packets=int(cls[pk.CLS_RTP]), rtcp_packets=int(cls[pk.CLS_RTCP]),
+            rtp_packets=int(cls[pk.CLS_RTP]),
+            rtcp_packets=int(cls[pk.CLS_RTCP]),
             udp_packets=int(row[F_TOT_PK] + row[F_TOT_PK + 1]) if row[F_PROTO] == 17 else 0,
-            ssrc_same=int(row[F_SSRC_SAME]), seq_ok=int(row[F_SEQ_OK]), len_tested=int(row[F_LEN_TESTED]),
-            len_plain=int(row[F_LEN_PLAIN]), len_tag=int(row[F_LEN_TAG]),
-            nib_counts=tuple(int(x) for x in self.nib[f]), rtcp_plain=int(row[F_RTCP_PLAIN]),
-            rtcp_srtcp=int(row[F_RTCP_SRTCP]), payload_types=pts)
+            ssrc_same=int(row[F_SSRC_SAME]),
+            seq_ok=int(row[F_SEQ_OK]),
+            len_tested=int(row[F_LEN_TESTED]),
+            len_plain=int(row[F_LEN_PLAIN]),
+            len_tag=int(row[F_LEN_TAG]),
+            nib_counts=tuple(int(x) for x in self.nib[f]),
+            rtcp_plain=int(row[F_RTCP_PLAIN]),
+            rtcp_srtcp=int(row[F_RTCP_SRTCP]),
+            payload_types=pts,
+        )
 
 
 @nb.njit(cache=True, nogil=True)

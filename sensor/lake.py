@@ -73,8 +73,9 @@ class LakeWriter:
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
         except OSError as exc:
-            raise SinkError(f"lake {self.root}: cannot write {table_name} partition {day}/{hour}: "
-                            f"{exc.strerror or exc}") from exc
+            raise SinkError(
+                f"lake {self.root}: cannot write {table_name} partition {day}/{hour}: {exc.strerror or exc}"
+            ) from exc
         return Written(final, rows.num_rows)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+import sensor.jit  # noqa: F401  (numba cache location; before any @njit)
+
 # Payload signature classes: what the first bytes of a transport payload look like.
 CLS_NONE = 0  # no payload
 CLS_OTHER = 1
@@ -21,14 +23,52 @@ CLS_RTP = 11
 CLS_RTCP = 12
 CLS_DTLS = 13
 NCLS = 16
-CLASS_NAMES = ("none", "other", "tls-handshake", "tls-record", "sslv2-hello", "sip-request", "sip-response",
-               "http-request", "http-response", "stun", "stun-legacy", "rtp", "rtcp", "dtls", "", "")
+CLASS_NAMES = (
+    "none",
+    "other",
+    "tls-handshake",
+    "tls-record",
+    "sslv2-hello",
+    "sip-request",
+    "sip-response",
+    "http-request",
+    "http-response",
+    "stun",
+    "stun-legacy",
+    "rtp",
+    "rtcp",
+    "dtls",
+    "",
+    "",
+)
 
 # Request methods at the start of a first line; both SIP (R2 list) and HTTP methods.
 _METHODS = (
-    b"INVITE ", b"REGISTER ", b"SUBSCRIBE ", b"NOTIFY ", b"MESSAGE ", b"INFO ", b"OPTIONS ", b"BYE ",
-    b"CANCEL ", b"ACK ", b"PRACK ", b"UPDATE ", b"REFER ", b"SERVICE ", b"BENOTIFY ", b"NEGOTIATE ",
-    b"PUBLISH ", b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"CONNECT ", b"PATCH ", b"TRACE ",
+    b"INVITE ",
+    b"REGISTER ",
+    b"SUBSCRIBE ",
+    b"NOTIFY ",
+    b"MESSAGE ",
+    b"INFO ",
+    b"OPTIONS ",
+    b"BYE ",
+    b"CANCEL ",
+    b"ACK ",
+    b"PRACK ",
+    b"UPDATE ",
+    b"REFER ",
+    b"SERVICE ",
+    b"BENOTIFY ",
+    b"NEGOTIATE ",
+    b"PUBLISH ",
+    b"GET ",
+    b"POST ",
+    b"HEAD ",
+    b"PUT ",
+    b"DELETE ",
+    b"CONNECT ",
+    b"PATCH ",
+    b"TRACE ",
 )
 METHOD_TABLE = np.zeros((len(_METHODS), 12), np.uint8)
 METHOD_LEN = np.zeros(len(_METHODS), np.int64)
@@ -64,7 +104,22 @@ def decode(buf, off, caplen, linktype):  # type: ignore[no-untyped-def]
     etype = -1
     if linktype == 1:  # Ethernet, with up to two 802.1Q/802.1ad tags
         if caplen < 14:
-            return (False, 0, np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0), 0, 0, 0, 0, 0, 0, 0, False)
+            return (
+                False,
+                0,
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                False,
+            )
         etype = be16(buf, p + 12)
         p += 14
         for _ in range(3):
@@ -73,27 +128,102 @@ def decode(buf, off, caplen, linktype):  # type: ignore[no-untyped-def]
                 p += 4
     elif linktype == 113:  # Linux cooked v1
         if caplen < 16:
-            return (False, 0, np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0), 0, 0, 0, 0, 0, 0, 0, False)
+            return (
+                False,
+                0,
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                False,
+            )
         etype = be16(buf, p + 14)
         p += 16
     elif linktype == 276:  # Linux cooked v2
         if caplen < 20:
-            return (False, 0, np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0), 0, 0, 0, 0, 0, 0, 0, False)
+            return (
+                False,
+                0,
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                False,
+            )
         etype = be16(buf, p)
         p += 20
     elif linktype == 0:  # BSD loopback: 4-byte address family in host order
         if caplen < 4:
-            return (False, 0, np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0), 0, 0, 0, 0, 0, 0, 0, False)
+            return (
+                False,
+                0,
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                False,
+            )
         fam = buf[p] if buf[p] != 0 else buf[p + 3]
         etype = 0x0800 if fam == 2 else 0x86DD
         p += 4
     else:  # raw IP (12, 101, 228, 229): version nibble decides
         if caplen < 1:
-            return (False, 0, np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0), 0, 0, 0, 0, 0, 0, 0, False)
+            return (
+                False,
+                0,
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                False,
+            )
         etype = 0x0800 if (buf[p] >> 4) == 4 else 0x86DD
     if etype == 0x0800:
         if p + 20 > end or (buf[p] >> 4) != 4:
-            return (False, 0, np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0), 0, 0, 0, 0, 0, 0, 0, False)
+            return (
+                False,
+                0,
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                False,
+            )
         ihl = (buf[p] & 0x0F) * 4
         iplen = be16(buf, p + 2)
         frag = be16(buf, p + 6) & 0x1FFF
@@ -109,7 +239,22 @@ def decode(buf, off, caplen, linktype):  # type: ignore[no-untyped-def]
         first_frag = frag == 0
     elif etype == 0x86DD:
         if p + 40 > end:
-            return (False, 0, np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0), 0, 0, 0, 0, 0, 0, 0, False)
+            return (
+                False,
+                0,
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                np.uint64(0),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                False,
+            )
         iplen = be16(buf, p + 4) + 40
         proto = buf[p + 6]
         s_hi = be64(buf, p + 8)
@@ -193,11 +338,27 @@ def classify(buf, p, n, proto, table, lens):  # type: ignore[no-untyped-def]
         if ln >= 9 and (ver == 0x0002 or (ver >> 8) == 3):
             return CLS_SSL2
     if 65 <= b0 <= 90:  # ASCII upper case: SIP or HTTP first line
-        if n >= 8 and b0 == 83 and buf[p + 1] == 73 and buf[p + 2] == 80 and buf[p + 3] == 47 \
-                and buf[p + 4] == 50 and buf[p + 5] == 46 and buf[p + 6] == 48 and buf[p + 7] == 32:
+        if (
+            n >= 8
+            and b0 == 83
+            and buf[p + 1] == 73
+            and buf[p + 2] == 80
+            and buf[p + 3] == 47
+            and buf[p + 4] == 50
+            and buf[p + 5] == 46
+            and buf[p + 6] == 48
+            and buf[p + 7] == 32
+        ):
             return CLS_SIP_RESP  # 'SIP/2.0 '
-        if n >= 8 and b0 == 72 and buf[p + 1] == 84 and buf[p + 2] == 84 and buf[p + 3] == 80 \
-                and buf[p + 4] == 47 and buf[p + 5] == 49:
+        if (
+            n >= 8
+            and b0 == 72
+            and buf[p + 1] == 84
+            and buf[p + 2] == 84
+            and buf[p + 3] == 80
+            and buf[p + 4] == 47
+            and buf[p + 5] == 49
+        ):
             return CLS_HTTP_RESP  # 'HTTP/1'
         for m in range(table.shape[0]):
             ml = lens[m]
@@ -217,21 +378,34 @@ def classify(buf, p, n, proto, table, lens):  # type: ignore[no-untyped-def]
         return CLS_OTHER
     if (b0 & 0xC0) == 0 and n >= 20:
         mlen = be16(buf, p + 2)
-        if (mlen & 3) == 0 and mlen + 20 <= n:
+        if mlen <= 4096:  # MS-TURN lengths need not be multiples of 4
             if be32(buf, p + 4) == 0x2112A442:
                 return CLS_STUN
+            # RFC 3489 / MS-TURN messages carry no magic cookie; accept the known message types only.
+            # The length may exceed a truncated capture, so it is not required to fit.
             mtype = be16(buf, p)
-            if proto == 17 and mlen + 20 == n and mtype in (0x0001, 0x0101, 0x0111, 0x0003, 0x0103, 0x0113,
-                                                            0x0004, 0x0104, 0x0114, 0x0115, 0x0116, 0x0117):
-                return CLS_STUN_OLD
-            if proto == 6 and mtype in (0x0001, 0x0101, 0x0111, 0x0003, 0x0103, 0x0113, 0x0115, 0x0116):
+            if mtype in (
+                0x0001,
+                0x0101,
+                0x0111,
+                0x0003,
+                0x0103,
+                0x0113,
+                0x0004,
+                0x0104,
+                0x0114,
+                0x0115,
+                0x0116,
+                0x0117,
+            ):
                 return CLS_STUN_OLD
         return CLS_OTHER
     if (b0 & 0xC0) == 0x80 and n >= 8 and proto == 17:
         b1 = buf[p + 1]
-        if 200 <= b1 <= 204:
+        # RFC 5761 §4: RTCP packet types 192-223 collide with RTP payload types 64-95 plus the marker bit,
+        # which is why those payload types are not used when RTP and RTCP share a port.
+        if 192 <= b1 <= 223:
             return CLS_RTCP
-        pt = b1 & 0x7F
-        if n >= 12 and not (72 <= pt <= 76):
+        if n >= 12:
             return CLS_RTP
     return CLS_OTHER

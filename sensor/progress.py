@@ -11,8 +11,9 @@ from typing import TextIO
 class Progress:
     """Callable progress reporter: (file, bytes read, file bytes, packets so far)."""
 
-    def __init__(self, stream: TextIO = sys.stderr, every_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, stream: TextIO = sys.stderr, every_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.stream = stream
         self.every_s = every_s
         self.clock = clock

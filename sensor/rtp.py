@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
+import sensor.jit  # noqa: F401  (numba cache location; before any @njit)
+
 # RFC 3551 static payload types whose frame size is fixed: bytes per 10 ms of audio.
 # Source: RFC 3551 §4.5 (PCMU/PCMA 64 kbit/s = 80 bytes per 10 ms; G722 64 kbit/s; G729 8 kbit/s; GSM 33/20 ms).
 STATIC_FRAME_UNIT: dict[int, tuple[str, int]] = {
@@ -98,14 +100,15 @@ class Evidence:
 
 def is_rtp_stream(s: MediaStats) -> bool:
     """RTP-shaped: version 2 headers on most datagrams, a stable SSRC and mostly consecutive sequence numbers."""
-    if s.rtp_packets < 3 or s.rtp_packets < 0.6 * s.udp_packets:
+    # A flow may also carry STUN connectivity checks and a DTLS handshake (ICE, DTLS-SRTP) on the same 5-tuple.
+    if s.rtp_packets < 3 or s.rtp_packets < 0.25 * s.udp_packets:
         return False
     return s.ssrc_same >= 0.8 * s.rtp_packets and s.seq_ok >= 0.5 * s.rtp_packets
 
 
 def is_rtcp_stream(s: MediaStats) -> bool:
     """RTCP-shaped: most datagrams start with an RTCP header (PT 200-204)."""
-    return s.rtcp_packets >= 1 and s.rtcp_packets >= 0.8 * s.udp_packets
+    return s.rtcp_packets >= 1 and s.rtcp_packets >= 0.8 * s.udp_packets and s.rtp_packets <= s.rtcp_packets
 
 
 def own_evidence(s: MediaStats) -> list[Evidence]:

@@ -22,8 +22,16 @@ _STRS = pa.list_(pa.string())
 FLOW_COLUMNS: tuple[Column, ...] = (
     Column("ts", _TS, "Start of this interval record: the first packet of the flow seen in the interval (UTC)."),
     Column("ts_end", _TS, "Last packet of the flow seen in this interval (UTC)."),
-    Column("flow_start", _TS, "First packet of the whole flow (UTC); the same on every interval record of a flow."),
-    Column("interval_seq", pa.int32(), "0 for the first interval record of a flow, then 1, 2, ... for long flows."),
+    Column(
+        "flow_start",
+        _TS,
+        "First packet of the whole flow (UTC); the same on every interval record of a flow.",
+    ),
+    Column(
+        "interval_seq",
+        pa.int32(),
+        "0 for the first interval record of a flow, then 1, 2, ... for long flows.",
+    ),
     Column("uid", pa.string(), "Flow identifier, stable across the interval records of one flow (Zeek-style)."),
     Column("sensor_id", pa.string(), "Sensor that observed the flow ([sensor] id in the config)."),
     Column("source", pa.string(), "Front end that produced the record: 'pcap', 'live' or 'zeek'."),
@@ -33,10 +41,26 @@ FLOW_COLUMNS: tuple[Column, ...] = (
     Column("resp_p", pa.int32(), "Responder port."),
     Column("proto", pa.string(), "Transport protocol: 'tcp' or 'udp'."),
     Column("ip_version", pa.int8(), "4 or 6."),
-    Column("service", pa.string(), "Lync service behind the port, from the port catalogue (null when none matches)."),
-    Column("service_source", pa.string(), "Source tag of the catalogue row that named the service, e.g. '[PORTS]'."),
-    Column("orig_role", pa.string(), "Lync role of the originator: a role name of the config, 'client' or 'external'."),
-    Column("resp_role", pa.string(), "Lync role of the responder: a role name of the config, 'client' or 'external'."),
+    Column(
+        "service",
+        pa.string(),
+        "Lync service behind the port, from the port catalogue (null when none matches).",
+    ),
+    Column(
+        "service_source",
+        pa.string(),
+        "Source tag of the catalogue row that named the service, e.g. '[PORTS]'.",
+    ),
+    Column(
+        "orig_role",
+        pa.string(),
+        "Lync role of the originator: a role name of the config, 'client' or 'external'.",
+    ),
+    Column(
+        "resp_role",
+        pa.string(),
+        "Lync role of the responder: a role name of the config, 'client' or 'external'.",
+    ),
     Column(
         "app",
         pa.string(),
@@ -89,7 +113,11 @@ FLOW_COLUMNS: tuple[Column, ...] = (
         "MS-TURN pseudo-TLS (R14): SSLv2/TLS hello answered by ServerHello+ServerHelloDone, no Certificate.",
     ),
     Column("tls_cert_names", _STRS, "Subject CN and DNS SAN names of the server certificate, when visible."),
-    Column("tls_alert", pa.string(), "Last TLS alert description code seen in clear, e.g. '40' (handshake_failure)."),
+    Column(
+        "tls_alert",
+        pa.string(),
+        "Last TLS alert description code seen in clear, e.g. '40' (handshake_failure).",
+    ),
     # SIP / SDP
     Column("sip_plain", pa.bool_(), "Plaintext SIP was seen on this flow (any port, TCP or UDP)."),
     Column("sip_messages", pa.int64(), "Plaintext SIP messages seen in the flow (whole flow)."),
@@ -106,14 +134,22 @@ FLOW_COLUMNS: tuple[Column, ...] = (
         "true: SRTP/SRTCP; false: plain RTP/RTCP; null: not media, or media whose protection cannot be told.",
     ),
     Column("media_confidence", pa.float32(), "Confidence of media_encrypted, 0..1 (null when not media)."),
-    Column("media_evidence", _STRS, "The evidence behind media_encrypted, e.g. 'sdp:RTP/SAVP', 'rtcp:srtcp-trailer'."),
+    Column(
+        "media_evidence",
+        _STRS,
+        "The evidence behind media_encrypted, e.g. 'sdp:RTP/SAVP', 'rtcp:srtcp-trailer'.",
+    ),
     Column("rtp_payload_types", pa.list_(pa.int32()), "RTP payload types seen on the flow."),
     Column("rtp_ssrcs", pa.int32(), "Distinct RTP SSRCs seen on the flow (lower bound)."),
     Column("rtp_packets", pa.int64(), "RTP-shaped packets on the flow (whole flow)."),
     Column("rtcp_packets", pa.int64(), "RTCP-shaped packets on the flow (whole flow)."),
     # STUN / TURN
     Column("stun_messages", pa.int64(), "STUN/TURN messages seen on the flow."),
-    Column("ms_turn", pa.bool_(), "Microsoft MS-TURN attributes (MS-VERSION, MS-MAGIC-COOKIE ...) or framing seen."),
+    Column(
+        "ms_turn",
+        pa.bool_(),
+        "Microsoft MS-TURN attributes (MS-VERSION, MS-MAGIC-COOKIE ...) or framing seen.",
+    ),
     # HTTP
     Column("http_method", pa.string(), "Method of the first plaintext HTTP request."),
     Column("http_host", pa.string(), "Host header of the first plaintext HTTP request."),
@@ -132,7 +168,17 @@ FLOW_SCHEMA: pa.Schema = pa.schema(
 )
 
 APP_VALUES: tuple[str, ...] = (
-    "tls", "sip", "http", "rtp", "srtp", "rtcp", "srtcp", "stun", "ms-turn", "sslv2", "dtls",
+    "tls",
+    "sip",
+    "http",
+    "rtp",
+    "srtp",
+    "rtcp",
+    "srtcp",
+    "stun",
+    "ms-turn",
+    "sslv2",
+    "dtls",
 )
 TLS_VERSIONS: tuple[str, ...] = ("SSLv2", "SSLv3", "TLSv10", "TLSv11", "TLSv12", "TLSv13")
 

@@ -21,15 +21,15 @@ def summarize(flows: pa.Table) -> dict[str, list[tuple[object, ...]]]:
     con.execute(f"CREATE TEMP VIEW f AS {_FLOWS}")
     q = {
         "role_pairs": "SELECT orig_role, resp_role, coalesce(app, '-') AS app, count(*) AS flows, sum(pkts) "
-                      "FROM f GROUP BY ALL ORDER BY flows DESC, orig_role, resp_role, app",
+        "FROM f GROUP BY ALL ORDER BY flows DESC, orig_role, resp_role, app",
         "tls_versions": "SELECT tls_version, count(*) FROM f WHERE tls_version IS NOT NULL "
-                        "GROUP BY ALL ORDER BY tls_version",
+        "GROUP BY ALL ORDER BY tls_version",
         "plaintext": "SELECT 'plaintext SIP flows', count(*) FROM f WHERE sip_plain "
-                     "UNION ALL SELECT 'plaintext HTTP flows', count(*) FROM f WHERE http_requests > 0 "
-                     "UNION ALL SELECT 'unencrypted media flows', count(*) FROM f WHERE media_encrypted = false "
-                     "UNION ALL SELECT 'encrypted media flows', count(*) FROM f WHERE media_encrypted "
-                     "UNION ALL SELECT 'media flows, protection unknown', count(*) FROM f "
-                     "WHERE app IN ('rtp','rtcp') AND media_encrypted IS NULL",
+        "UNION ALL SELECT 'plaintext HTTP flows', count(*) FROM f WHERE http_requests > 0 "
+        "UNION ALL SELECT 'unencrypted media flows', count(*) FROM f WHERE media_encrypted = false "
+        "UNION ALL SELECT 'encrypted media flows', count(*) FROM f WHERE media_encrypted "
+        "UNION ALL SELECT 'media flows, protection unknown', count(*) FROM f "
+        "WHERE app IN ('rtp','rtcp') AND media_encrypted IS NULL",
     }
     out = {k: [tuple(r) for r in con.execute(sql).fetchall()] for k, sql in q.items()}
     con.close()
@@ -38,10 +38,12 @@ def summarize(flows: pa.Table) -> dict[str, list[tuple[object, ...]]]:
 
 def render(flows: pa.Table) -> str:
     s = summarize(flows)
-    lines = ["Flows by role pair and application:",
-             f"  {'originator':<16} {'responder':<16} {'app':<8} {'flows':>7} {'packets':>12}"]
+    lines = [
+        "Flows by role pair and application:",
+        f"  {'originator':<16} {'responder':<16} {'app':<8} {'flows':>7} {'packets':>12}",
+    ]
     for o, r, a, n, p in s["role_pairs"]:
-        lines.append(f"  {o!s:<16} {r!s:<16} {a!s:<8} {n:>7} {int(p or 0):>12,}")
+        lines.append(f"  {o!s:<16} {r!s:<16} {a!s:<8} {n:>7} {int(str(p or 0)):>12,}")
     lines.append("TLS versions negotiated (flows):")
     lines += [f"  {v:<8} {n:>7}" for v, n in s["tls_versions"]] or ["  none"]
     lines.append("Plaintext and media:")

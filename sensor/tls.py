@@ -116,14 +116,22 @@ class TlsFacts:
     @property
     def pseudo(self) -> bool:
         """MS-TURN pseudo-TLS ([MS-TURN], R14): ServerHello and ServerHelloDone together, nothing else."""
-        return bool(self.server_types) and set(self.server_types) == {HS_SERVER_HELLO, HS_SERVER_HELLO_DONE} \
+        return (
+            bool(self.server_types)
+            and set(self.server_types) == {HS_SERVER_HELLO, HS_SERVER_HELLO_DONE}
             and self.server_hello_done_with_hello
+        )
 
     @property
     def resumed(self) -> bool:
         sid = self.client_session_id
-        return bool(sid) and sid == self.server_session_id and HS_CERTIFICATE not in self.server_types \
-            and self.server_version is not None and self.server_version < 0x0304
+        return (
+            bool(sid)
+            and sid == self.server_session_id
+            and HS_CERTIFICATE not in self.server_types
+            and self.server_version is not None
+            and self.server_version < 0x0304
+        )
 
     def columns(self) -> dict[str, object]:
         version = tls_version_name(self.server_version) if self.server_version is not None else None

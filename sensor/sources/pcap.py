@@ -12,11 +12,20 @@ import numba as nb
 import numpy as np
 import numpy.typing as npt
 
+import sensor.jit  # noqa: F401  (numba cache location; before any @njit)
 from sensor.errors import SourceError
 
 # Link types the decoder understands (tcpdump.org/linktypes.html).
-SUPPORTED_LINKTYPES = {0: "NULL", 1: "ETHERNET", 12: "RAW", 101: "RAW", 113: "LINUX_SLL", 228: "IPV4",
-                       229: "IPV6", 276: "LINUX_SLL2"}
+SUPPORTED_LINKTYPES = {
+    0: "NULL",
+    1: "ETHERNET",
+    12: "RAW",
+    101: "RAW",
+    113: "LINUX_SLL",
+    228: "IPV4",
+    229: "IPV6",
+    276: "LINUX_SLL2",
+}
 
 # A record claiming more than this is damage, not a packet (Wireshark's WTAP_MAX_PACKET_SIZE_STANDARD).
 MAX_CAPLEN = 262_144
@@ -59,14 +68,14 @@ class ReadStats:
 
 
 @nb.njit(cache=True, nogil=True)
-def _u32(buf: npt.NDArray[np.uint8], p: int, big: bool) -> int:
+def _u32(buf, p, big):  # type: ignore[no-untyped-def]
     if big:
         return (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16) | (np.int64(buf[p + 2]) << 8) | buf[p + 3]
     return (np.int64(buf[p + 3]) << 24) | (np.int64(buf[p + 2]) << 16) | (np.int64(buf[p + 1]) << 8) | buf[p]
 
 
 @nb.njit(cache=True, nogil=True)
-def _u16(buf: npt.NDArray[np.uint8], p: int, big: bool) -> int:
+def _u16(buf, p, big):  # type: ignore[no-untyped-def]
     if big:
         return (np.int64(buf[p]) << 8) | buf[p + 1]
     return (np.int64(buf[p + 1]) << 8) | buf[p]
@@ -152,10 +161,7 @@ def index_pcapng(buf, end, state, if_link, if_mul, if_div, offs, caplens, wirele
                     op += 4 + ((olen + 3) // 4) * 4
             state[1] = k + 1
         elif btype == 6 or btype == 2:  # Enhanced Packet Block (or obsolete Packet Block)
-            if btype == 6:
-                iface = _u32(buf, pos + 8, big)
-            else:
-                iface = _u16(buf, pos + 8, big)
+            iface = _u32(buf, pos + 8, big) if btype == 6 else _u16(buf, pos + 8, big)
             hi = _u32(buf, pos + 12, big)
             lo = _u32(buf, pos + 16, big)
             incl = _u32(buf, pos + 20, big)
@@ -220,18 +226,33 @@ class CaptureReader:
             self._big = endian == ">"
             self._linktype = struct.unpack(endian + "I", head[20:24])[0] & 0x0FFFFFFF
             if self._linktype not in SUPPORTED_LINKTYPES:
-                raise SourceError(f"{path}: unsupported link type {self._linktype} (supported: "
-                                  + ", ".join(f"{k} {v}" for k, v in sorted(SUPPORTED_LINKTYPES.items())) + ")")
+                raise SourceError(
+                    f"{path}: unsupported link type {self._linktype} (supported: "
+                    + ", ".join(f"{k} {v}" for k, v in sorted(SUPPORTED_LINKTYPES.items()))
+                    + ")"
+                )
         elif magic == PCAPNG_SHB:
             self.format = "pcapng"
         else:
             raise SourceError(f"{path}: not a pcap or pcapng capture (magic {magic.hex()})")
 
-    def _alloc(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int32],
-                              npt.NDArray[np.int64], npt.NDArray[np.int16]]:
+    def _alloc(
+        self,
+    ) -> tuple[
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int32],
+        npt.NDArray[np.int32],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int16],
+    ]:
         n = self.batch_packets
-        return (np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int64),
-                np.empty(n, np.int16))
+        return (
+            np.empty(n, np.int64),
+            np.empty(n, np.int32),
+            np.empty(n, np.int32),
+            np.empty(n, np.int64),
+            np.empty(n, np.int16),
+        )
 
     def __iter__(self) -> Iterator[Batch]:
         if_link = np.zeros(64, np.int64)
@@ -244,8 +265,14 @@ class CaptureReader:
                 self.stats.bytes_read = 24
             yield from self._blocks(fh, state, if_link, if_mul, if_div)
 
-    def _blocks(self, fh: BinaryIO, state: npt.NDArray[np.int64], if_link: npt.NDArray[np.int64],
-                if_mul: npt.NDArray[np.int64], if_div: npt.NDArray[np.int64]) -> Iterator[Batch]:
+    def _blocks(
+        self,
+        fh: BinaryIO,
+        state: npt.NDArray[np.int64],
+        if_link: npt.NDArray[np.int64],
+        if_mul: npt.NDArray[np.int64],
+        if_div: npt.NDArray[np.int64],
+    ) -> Iterator[Batch]:
         tail = b""
         eof = False
         while True:
@@ -262,19 +289,32 @@ class CaptureReader:
                 offs, caplens, wirelens, ts, lts = self._alloc()
                 view = buf[pos:]
                 if self.format == "pcap":
-                    n, used, bad = index_pcap(view, end - pos, self._big, self._ns_per_tick, self._linktype,
-                                              offs, caplens, wirelens, ts, lts)
+                    n, used, bad = index_pcap(
+                        view,
+                        end - pos,
+                        self._big,
+                        self._ns_per_tick,
+                        self._linktype,
+                        offs,
+                        caplens,
+                        wirelens,
+                        ts,
+                        lts,
+                    )
                 else:
-                    n, used, bad = index_pcapng(view, end - pos, state, if_link, if_mul, if_div,
-                                                offs, caplens, wirelens, ts, lts)
+                    n, used, bad = index_pcapng(
+                        view, end - pos, state, if_link, if_mul, if_div, offs, caplens, wirelens, ts, lts
+                    )
                 if n:
                     self.stats.packets += int(n)
                     yield Batch(view, offs[:n], caplens[:n], wirelens[:n], ts[:n], lts[:n])
                 pos += int(used)
                 self.stats.bytes_read += int(used)
                 if bad:
-                    self._damage(f"corrupt record header at byte {self.stats.bytes_read}",
-                                 self.stats.file_bytes - self.stats.bytes_read)
+                    self._damage(
+                        f"corrupt record header at byte {self.stats.bytes_read}",
+                        self.stats.file_bytes - self.stats.bytes_read,
+                    )
                     return
                 if n < self.batch_packets:
                     break

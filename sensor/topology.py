@@ -1,0 +1,175 @@
+"""Site topology: the Lync role of an address, from the config's roles and internal networks."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from sensor.config import Config
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Role names a site may give addresses. The order breaks ties when one prefix is listed under two roles
+# (a Front End with a collocated Mediation Server is "front_end"). Reference §2-§4.
+KNOWN_ROLES: tuple[str, ...] = (
+    "front_end",
+    "standard_edition",
+    "director",
+    "mediation",
+    "edge_internal",
+    "edge_external",
+    "edge_external_access",
+    "edge_external_webconf",
+    "edge_external_av",
+    "persistent_chat",
+    "sba",
+    "office_web_apps",
+    "reverse_proxy",
+    "pstn_gateway",
+    "e911_gateway",
+    "trusted_application",  # RCC line server / trusted application on TCP 5060, exception E1
+)
+
+# Reference §7 "server set": FE/SE, Director, Mediation, Edge internal, PChat, SBA/SBS, OWAS; plus the Edge
+# external interface, which is the same server seen from outside.
+SERVER_ROLES: frozenset[str] = frozenset(
+    {
+        "front_end",
+        "standard_edition",
+        "director",
+        "mediation",
+        "edge_internal",
+        "persistent_chat",
+        "sba",
+        "office_web_apps",
+        "edge_external",
+    }
+)
+GATEWAY_ROLES: frozenset[str] = frozenset({"pstn_gateway", "e911_gateway"})
+
+CLIENT = "client"  # an internal address that holds no role
+EXTERNAL = "external"  # any other address
+INTERNAL_ZONE = "internal"
+PERIMETER_ZONE = "perimeter"
+EXTERNAL_ZONE = "external"
+
+
+def parse_address(text: str) -> IPAddress:
+    """Parse an IPv4 or IPv6 address; an IPv4-mapped IPv6 address (::ffff:a.b.c.d) becomes IPv4."""
+    addr = ipaddress.ip_address(text.strip())
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def parse_network(text: str) -> IPNetwork:
+    """Parse an address or CIDR (host bits zero) into a network; ValueError says what is wrong."""
+    text = text.strip()
+    if "/" not in text:
+        return ipaddress.ip_network(parse_address(text))
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            loose = ipaddress.ip_network(text, strict=False)
+            raise ValueError(f"{text!r} has host bits set (the network is {loose})") from None
+        raise ValueError(f"{text!r} is not an IP address or CIDR") from None
+    mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
+    if mapped is not None and net.prefixlen >= 96:
+        return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
+    return net
+
+
+class _PrefixTable:
+    """Longest-prefix match over IPv4 and IPv6; for one prefix the first value added wins."""
+
+    def __init__(self) -> None:
+        self._by_len: dict[tuple[int, int], dict[int, str]] = {}
+        self._probes: dict[int, list[tuple[int, dict[int, str]]]] = {4: [], 6: []}
+
+    def add(self, net: IPNetwork, value: str) -> None:
+        prefixes = self._by_len.setdefault((net.version, net.prefixlen), {})
+        prefixes.setdefault(int(net.network_address), value)
+        bits = net.max_prefixlen
+        self._probes[net.version] = [
+            (((1 << plen) - 1) << (bits - plen), self._by_len[(version, plen)])
+            for version, plen in sorted(self._by_len, key=lambda k: -k[1])
+            if version == net.version
+        ]
+
+    def lookup(self, addr: IPAddress) -> str | None:
+        value = int(addr)
+        for mask, prefixes in self._probes[addr.version]:
+            found = prefixes.get(value & mask)
+            if found is not None:
+                return found
+        return None
+
+
+class Topology:
+    """Maps an address to its Lync role, 'client' (internal, no role) or 'external'."""
+
+    def __init__(
+        self,
+        roles: Mapping[str, Iterable[str]],
+        internal: Iterable[str],
+        perimeter: Iterable[str] = (),
+        *,
+        cache_size: int = 1 << 16,
+    ) -> None:
+        unknown = sorted(set(roles) - set(KNOWN_ROLES))
+        if unknown:
+            raise ValueError(f"unknown role(s) {', '.join(unknown)} (known: {', '.join(KNOWN_ROLES)})")
+        self._roles: list[tuple[str, IPNetwork]] = [
+            (role, parse_network(entry)) for role in KNOWN_ROLES for entry in roles.get(role, ())
+        ]
+        self._networks: list[tuple[str, IPNetwork]] = [
+            *((PERIMETER_ZONE, parse_network(entry)) for entry in perimeter),
+            *((INTERNAL_ZONE, parse_network(entry)) for entry in internal),
+        ]
+        self._role_table = _PrefixTable()
+        for role, net in self._roles:
+            self._role_table.add(net, role)
+        # Perimeter first, so a DMZ prefix listed in both wins over the internal one.
+        self._zone_table = _PrefixTable()
+        for zone, net in self._networks:
+            self._zone_table.add(net, zone)
+        # Called once per flow endpoint; bounded so a long live capture of many external hosts stays flat.
+        self._cached_role: Callable[[str], str] = functools.lru_cache(maxsize=cache_size)(self._lookup_role)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Topology:
+        """The topology of a loaded config ([topology.roles] and [topology.networks])."""
+        return cls(cfg.topology.roles, cfg.topology.internal, cfg.topology.perimeter)
+
+    def role_of(self, addr: str) -> str:
+        """The role holding addr (most specific prefix wins), else 'client' inside an internal network, else
+        'external'. Raises ValueError if addr is not an IP address."""
+        return self._cached_role(addr)
+
+    def zone_of(self, addr: str) -> str:
+        """'internal', 'perimeter' or 'external': the most specific of [topology.networks] holding addr."""
+        return self._zone_table.lookup(parse_address(addr)) or EXTERNAL_ZONE
+
+    def is_server(self, addr: str) -> bool:
+        """True if addr holds a role of the reference §7 server set."""
+        return self.role_of(addr) in SERVER_ROLES
+
+    def roles_table(self) -> list[tuple[str, str]]:
+        """(role, cidr) rows, in known-role order, for a SQL table the rules can join on."""
+        return [(role, net.with_prefixlen) for role, net in self._roles]
+
+    def networks_table(self) -> list[tuple[str, str]]:
+        """(zone, cidr) rows for [topology.networks]: zone is 'perimeter' or 'internal'."""
+        return [(zone, net.with_prefixlen) for zone, net in self._networks]
+
+    def _lookup_role(self, addr: str) -> str:
+        ip = parse_address(addr)
+        role = self._role_table.lookup(ip)
+        if role is not None:
+            return role
+        return CLIENT if self._zone_table.lookup(ip) == INTERNAL_ZONE else EXTERNAL

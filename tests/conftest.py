@@ -1,0 +1,61 @@
+"""Shared fixtures: paths to the real captures and a runner for the real pipeline."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from sensor.analyze import Analysis, Analyzer
+from sensor.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CAPTURES = SHARED / "captures"
+ZEEK_LOGS = SHARED / "zeek-logs"
+EXAMPLE_CONFIG = ROOT / "deploy" / "lync-sensor.example.toml"
+
+
+def capture(name: str) -> Path:
+    path = CAPTURES / name
+    if not path.exists():
+        pytest.skip(f"shared capture {name} not present at {CAPTURES}")
+    return path
+
+
+@functools.cache
+def default_config() -> Config:
+    return load_config(None, env={})
+
+
+@functools.cache
+def analyse(*paths: Path) -> Analysis:
+    """Run the real pipeline (fast path + tshark via pyshark) with default config, once per capture set."""
+    return Analyzer(default_config()).run(list(paths))
+
+
+def flows_by_uid(table: pa.Table) -> list[dict[str, object]]:
+    """Collapse interval records to one dict per flow: facts from the first record, counters summed."""
+    out: dict[str, dict[str, object]] = {}
+    for row in table.to_pylist():
+        cur = out.get(row["uid"])
+        if cur is None:
+            out[row["uid"]] = dict(row, intervals=1)
+            continue
+        cur["intervals"] = int(cur["intervals"]) + 1  # type: ignore[call-overload]
+        for k in ("orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes"):
+            cur[k] = int(cur[k]) + int(row[k])  # type: ignore[call-overload]
+    return list(out.values())
+
+
+def find(flows: list[dict[str, object]], **match: object) -> dict[str, object]:
+    hits = [f for f in flows if all(f.get(k) == v for k, v in match.items())]
+    assert len(hits) == 1, f"expected one flow with {match}, found {len(hits)}: {[f['uid'] for f in hits]}"
+    return hits[0]
+
+
+@pytest.fixture
+def example_config() -> Config:
+    return load_config(EXAMPLE_CONFIG, env={})
