@@ -201,6 +201,47 @@ def index_pcapng(buf, end, state, if_link, if_mul, if_div, offs, caplens, wirele
     return n, pos, 0
 
 
+@nb.njit(cache=True, nogil=True)
+def _plausible(buf, q, end, big, last_sec):  # type: ignore[no-untyped-def]
+    sec = _u32(buf, q, big)
+    incl = _u32(buf, q + 8, big)
+    orig = _u32(buf, q + 12, big)
+    if _u32(buf, q + 4, big) >= 1_000_000_000 or incl > 262144 or orig < incl or orig > 262144 or incl < 14:
+        return False
+    return last_sec < 0 or abs(sec - last_sec) <= 86400
+
+
+@nb.njit(cache=True, nogil=True)
+def resync_pcap(buf, start, end, big, last_sec):  # type: ignore[no-untyped-def]
+    """First offset >= start where two consecutive plausible pcap record headers begin (or one that ends the
+    data exactly); -1 if none. Used to skip garbage in a damaged capture."""
+    for q in range(start, end - 16):
+        if _plausible(buf, q, end, big, last_sec):
+            nxt = q + 16 + _u32(buf, q + 8, big)
+            if nxt == end or (nxt + 16 <= end and _plausible(buf, nxt, end, big, last_sec)):
+                return q
+    return -1
+
+
+@nb.njit(cache=True, nogil=True)
+def resync_pcapng(buf, start, end, big):  # type: ignore[no-untyped-def]
+    """First offset >= start (4-aligned from start) of an Enhanced Packet Block whose leading and trailing
+    lengths agree; -1 if none."""
+    q = start
+    while q + 32 <= end:
+        if _u32(buf, q, big) == 6:
+            blen = _u32(buf, q + 4, big)
+            if (
+                32 <= blen <= 262144 + 4096
+                and blen % 4 == 0
+                and q + blen <= end
+                and _u32(buf, q + blen - 4, big) == blen
+            ):
+                return q
+        q += 4
+    return -1
+
+
 class CaptureReader:
     """Reads one capture file in blocks; yields Batch objects; records damage instead of raising mid-file."""
 
@@ -285,6 +326,7 @@ class CaptureReader:
             buf = np.frombuffer(data, dtype=np.uint8)
             pos = 0
             end = len(data)
+            last_sec = -1
             while True:
                 offs, caplens, wirelens, ts, lts = self._alloc()
                 view = buf[pos:]
@@ -307,21 +349,38 @@ class CaptureReader:
                     )
                 if n:
                     self.stats.packets += int(n)
+                    last_sec = int(ts[n - 1] // 1_000_000_000)
                     yield Batch(view, offs[:n], caplens[:n], wirelens[:n], ts[:n], lts[:n])
                 pos += int(used)
                 self.stats.bytes_read += int(used)
                 if bad:
+                    at = self.stats.bytes_read
+                    if self.format == "pcap":
+                        q = int(resync_pcap(buf, pos + 1, end, self._big, last_sec))
+                    else:
+                        q = int(resync_pcapng(buf, pos + 4, end, bool(state[0])))
+                    if q < 0:
+                        keep = 0 if eof else min(end - pos, MAX_CAPLEN + 4096)
+                        skip = end - pos - keep
+                        self._damage(f"corrupt data at byte {at}: skipped {skip} bytes", skip)
+                        self.stats.bytes_read += skip
+                        pos = end - keep
+                        break
                     self._damage(
-                        f"corrupt record header at byte {self.stats.bytes_read}",
-                        self.stats.file_bytes - self.stats.bytes_read,
+                        f"corrupt data at byte {at}: skipped {q - pos} bytes to the next valid record", q - pos
                     )
-                    return
+                    self.stats.bytes_read += q - pos
+                    pos = q
+                    continue
                 if n < self.batch_packets:
                     break
             tail = data[pos:]
             if eof:
                 if tail:
-                    self._damage(f"truncated: last record cut short at byte {self.stats.bytes_read}", len(tail))
+                    self._damage(
+                        f"truncated: the last packet is cut short at byte {self.stats.bytes_read} (1 packet lost)",
+                        len(tail),
+                    )
                 return
 
     def _damage(self, reason: str, skipped: int) -> None:
