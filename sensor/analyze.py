@@ -306,7 +306,7 @@ class Analyzer:
             out["rtp_payload_types"][i] = list(st.payload_types) or None
             out["rtp_packets"][i] = st.rtp_packets
             out["rtcp_packets"][i] = st.rtcp_packets
-            out["rtp_ssrcs"][i] = 1 if st.rtp_packets else 0
+            out["rtp_ssrcs"][i] = len({int(x) for x in fs[i, fl.F_RTP_SSRC : fl.F_RTP_SSRC + 2] if x >= 0})
         for i in range(n):
             cls = fs[i, fl.F_CLS :]
             ff: FlowFacts | None = facts.get(i)
@@ -336,6 +336,9 @@ class Analyzer:
                 out["stun_messages"][i] = max(stun_fast, int(out["stun_messages"][i] or 0))  # type: ignore[call-overload]
                 if out["ms_turn"][i] is None:
                     out["ms_turn"][i] = False
+            if ff is not None and ff.tls.pseudo:
+                out["ms_turn"][i] = True  # MS-TURN behind pseudo-TLS ([MS-TURN], R14)
+                out["stun_messages"][i] = stun_fast
             kind = kinds.get(i)
             if kind is not None:
                 ev = list(media_own.get(i, []))

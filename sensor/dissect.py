@@ -49,8 +49,19 @@ class DissectedPacket:
         return any(k == prefix or k.startswith(prefix + ".") for k in self.fields)
 
 
+# Fields whose parts Wireshark reports as separate children; kept joined as "<field>:<value>" so that
+# attributes without a value (a=sendrecv) or with parsed sub-fields (a=crypto) cannot shift the pairing.
+PAIRS = {
+    "sdp.media_attribute.field": ("sdp.media_attribute.value", "sdp.media_attribute"),
+    "sdp.session_attr.field": ("sdp.session_attr.value", "sdp.session_attribute"),
+}
+
+
 def _flatten(obj: Any, key: str | None, out: dict[str, list[str]]) -> None:
     if isinstance(obj, dict):
+        for pkey, (vkey, joined) in PAIRS.items():
+            if pkey in obj:
+                out.setdefault(joined, []).append(f"{obj[pkey]}:{obj.get(vkey, '')}")
         for k, v in obj.items():
             _flatten(v, k, out)
     elif isinstance(obj, list):

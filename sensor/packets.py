@@ -376,6 +376,24 @@ def classify(buf, p, n, proto, table, lens):  # type: ignore[no-untyped-def]
                     return CLS_HTTP_REQ
                 return CLS_OTHER
         return CLS_OTHER
+    if proto == 6 and (b0 == 2 or b0 == 3) and buf[p + 1] == 0 and n >= 24:
+        # [MS-TURN] TCP framing: type (2 control, 3 end-to-end data), reserved, 16-bit length, then the message
+        inner = be16(buf, p + 4)
+        if b0 == 3 or inner in (
+            0x0001,
+            0x0101,
+            0x0111,
+            0x0003,
+            0x0103,
+            0x0113,
+            0x0004,
+            0x0104,
+            0x0114,
+            0x0115,
+            0x0116,
+            0x0117,
+        ):
+            return CLS_STUN_OLD
     if (b0 & 0xC0) == 0 and n >= 20:
         mlen = be16(buf, p + 2)
         if mlen <= 4096:  # MS-TURN lengths need not be multiples of 4

@@ -39,13 +39,12 @@ class SipFacts:
             return
         protos = p.get("sdp.media.proto")
         addrs = p.get("sdp.connection_info.address")
-        attr_fields = p.get("sdp.media_attribute.field")
-        attr_values = p.get("sdp.media_attribute.value")
-        crypto = "crypto" in attr_fields
+        attrs = [a.split(":", 1) for a in p.get("sdp.media_attribute") + p.get("sdp.session_attribute")]
+        crypto = "crypto" in p.get("sdp.media_attribute.field") or any(a[0] == "crypto" for a in attrs)
         encryption = None
-        for f, v in zip(attr_fields, attr_values, strict=False):
-            if f == "encryption":
-                encryption = v
+        for a in attrs:
+            if a[0] == "encryption" and len(a) == 2:
+                encryption = a[1]
         # An SDP in a response (200 OK) is the answer; in a request it is the offer (RFC 3264).
         is_answer = bool(statuses)
         for i, port in enumerate(ports):

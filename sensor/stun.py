@@ -25,7 +25,7 @@ class StunFacts:
         self.messages += len(types) + len(classic)
         self.classic += len(classic)
         attrs = set()
-        for a in p.get("stun.att.type"):
+        for a in p.get("stun.att.type") + p.get("classicstun.att.type"):
             try:
                 attrs.add(int(a, 16))
             except ValueError:

@@ -72,9 +72,7 @@ def _copy_data(tmp_path: Path) -> Path:
         (",TLS,R1;R9;R5;R6;R15,[PORTS],Web Conferencing service", ",TLS,R1;R9,[PORTS],Web Conf", "note"),
     ],
 )
-def test_bad_port_rows_are_reported_with_file_line_and_column(
-    tmp_path: Path, old: str, new: str, column: str
-) -> None:
+def test_bad_port_rows_are_reported_with_file_line_and_column(tmp_path: Path, old: str, new: str, column: str) -> None:
     data = _copy_data(tmp_path)
     ports = data / "ports.csv"
     text = ports.read_text(encoding="utf-8")
@@ -216,9 +214,7 @@ def test_server_ports(cat: Catalogue) -> None:
     tcp, udp = cat.server_ports("tcp"), cat.server_ports("udp")
     assert tcp.dtype == np.uint8 and tcp.shape == (65536,)
     assert tcp[5061] == tcp[443] == tcp[8057] == tcp[50001] == 1
-    assert (
-        tcp[50000] == tcp[49152] == tcp[5069] == 0
-    )  # ranges are not listening ports; 5069 is not documented
+    assert tcp[50000] == tcp[49152] == tcp[5069] == 0  # ranges are not listening ports; 5069 is not documented
     assert udp[3478] == udp[1434] == udp[67] == 1
     assert udp[68] == 0  # the DHCP client side
     tcp[5061] = 0

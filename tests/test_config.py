@@ -233,9 +233,7 @@ def test_env_and_set_values_parse_as_toml_else_string(example: Path) -> None:
 
 def test_env_gateway_table_and_inline_table(example: Path) -> None:
     env = {"LYNC_SENSOR_POLICY__GATEWAYS__10.0.3.5__E911": "true"}
-    cfg = load_config(
-        example, env, ['policy.xmpp_partners."Jabber.Example.org"={tls_negotiation="optional"}']
-    )
+    cfg = load_config(example, env, ['policy.xmpp_partners."Jabber.Example.org"={tls_negotiation="optional"}'])
     assert cfg.policy.gateways["10.0.3.5"] == GatewayPolicy(transport="tcp", e911=True)
     assert cfg.policy.xmpp_partners["jabber.example.org"].tls_negotiation == "Optional"
 
@@ -323,9 +321,7 @@ def test_config_has_no_hidden_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ("sensor = 1\n", "sensor", "expected a table"),
     ],
 )
-def test_file_errors_name_the_key_and_the_file(
-    tmp_path: Path, toml: str, key: str | None, words: str
-) -> None:
+def test_file_errors_name_the_key_and_the_file(tmp_path: Path, toml: str, key: str | None, words: str) -> None:
     base = '[topology.roles]\npstn_gateway = ["10.0.3.5"]\n' if "gateways.'10.0.3.5'" in toml else ""
     path = write(tmp_path, base + toml)
     with pytest.raises(ConfigError) as caught:
