@@ -33,7 +33,7 @@ bench: setup
 	$(PY) bench/bench_analyze.py
 
 golden: setup
-	$(PY) -m sensor.synth labelled examples/lync-sample.pcap
+	$(PY) -m sensor.synth labelled examples/lync-sample.pcap --seed 7
 
 clean:
 	rm -rf $(VENV) lake bench/out .pytest_cache .mypy_cache .ruff_cache

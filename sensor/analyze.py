@@ -5,14 +5,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from sensor import flows as fl
@@ -20,7 +18,7 @@ from sensor import packets as pk
 from sensor import rtp
 from sensor.catalogue import Catalogue
 from sensor.config import Config
-from sensor.dissect import DissectedPacket, dissect
+from sensor.dissect import DissectedPacket, DissectorProcess
 from sensor.factcap import FactCapture
 from sensor.http import HttpFacts
 from sensor.schema import FLOW_SCHEMA
@@ -57,6 +55,25 @@ class FlowFacts:
             self.stun.observe(p, direction)
         if any("use_srtp" in k for k in p.fields):
             self.dtls_srtp = True
+
+
+class _FactSink:
+    """Collects the dissected fact packets into FlowFacts per flow (called from the dissector's reader)."""
+
+    def __init__(self, factcap: FactCapture, *, redact_query: bool) -> None:
+        self.factcap = factcap
+        self.redact_query = redact_query
+        self.facts: dict[int, FlowFacts] = {}
+
+    def __call__(self, p: DissectedPacket) -> None:
+        i = p.number - 1
+        if i < 0 or i >= len(self.factcap.flow):
+            return
+        f = self.factcap.flow[i]
+        ff = self.facts.get(f)
+        if ff is None:
+            ff = self.facts[f] = FlowFacts(http=HttpFacts(redact_query=self.redact_query))
+        ff.observe(p, self.factcap.direction[i])
 
 
 @dataclass
@@ -119,54 +136,41 @@ class Analyzer:
         )
         readers = [CaptureReader(p) for p in captures]  # open all first: a bad path fails before any work
         reports: list[CaptureReport] = []
-        with tempfile.TemporaryDirectory(prefix="lync-sensor-") as tmp:
-            factcap = FactCapture(Path(tmp) / "facts.pcapng")
-            packets = 0
+        packets = 0
+        factcap = FactCapture()
+        sink = _FactSink(factcap, redact_query=self.cfg.privacy.redact_http_query)
+        worker = DissectorProcess(factcap.read_fd, sink)
+        try:
             for reader in readers:
                 for batch in reader:
                     facts = table.add(batch)
                     factcap.add(batch, facts)
                     packets += len(batch)
                     if self.progress:
-                        self.progress(str(reader.path), reader.stats.bytes_read, reader.stats.file_bytes, packets)
+                        st = reader.stats
+                        self.progress(str(reader.path), st.bytes_read, st.file_bytes, packets)
                 st = reader.stats
                 reports.append(
                     CaptureReport(reader.path, reader.format, st.packets, list(st.damaged), st.skipped_bytes)
                 )
             table.finish()
-            fact_flow, fact_dir = factcap.close()
-            facts_by_flow = self._dissect(factcap, fact_flow, fact_dir, table)
-        out = self._build(table, facts_by_flow)
+        except BaseException:
+            worker.kill()
+            factcap.close(abandon=True)
+            raise
+        scanned = time.monotonic()
+        try:
+            factcap.close()
+        finally:
+            worker.wait()
+        log.debug(
+            "fast path %.2f s; dissectors finished %.2f s later (%d fact packets)",
+            scanned - started,
+            time.monotonic() - scanned,
+            factcap.count,
+        )
+        out = self._build(table, sink.facts)
         return Analysis(out, reports, packets, factcap.count, table.non_ip, time.monotonic() - started)
-
-    def _decode_as(self, table: fl.FlowTable) -> list[tuple[str, int, str]]:
-        """Ports where the fast path saw TLS or HTTP that Wireshark would not dissect as such by default."""
-        fs = table.fs[: table.nflows]
-        want: dict[tuple[str, int], str] = {}
-        for cls, proto_name in ((pk.CLS_HTTP_REQ, "http"), (pk.CLS_TLS_HS, "tls"), (pk.CLS_SSL2, "tls")):
-            rows = np.flatnonzero((fs[:, fl.F_FIRST_CLS] == cls) & (fs[:, fl.F_PROTO] == 6) & (fs[:, fl.F_FACTS] > 0))
-            for port in np.unique(fs[rows, fl.F_PORT_R]).tolist():
-                if int(port) not in (5060, 5061):  # SIP ports keep Wireshark's SIP/SIP-over-TLS mapping
-                    want[("tcp", int(port))] = proto_name
-        return [(t, p, proto) for (t, p), proto in list(want.items())[:200]]
-
-    def _dissect(
-        self, factcap: FactCapture, fact_flow: np.ndarray, fact_dir: np.ndarray, table: fl.FlowTable
-    ) -> dict[int, FlowFacts]:
-        out: dict[int, FlowFacts] = {}
-        if factcap.count == 0:
-            return out
-        redact = self.cfg.privacy.redact_http_query
-        for p in dissect(factcap.path, decode_as=self._decode_as(table)):
-            i = p.number - 1
-            if i < 0 or i >= fact_flow.shape[0]:
-                continue
-            f = int(fact_flow[i])
-            ff = out.get(f)
-            if ff is None:
-                ff = out[f] = FlowFacts(http=HttpFacts(redact_query=redact))
-            ff.observe(p, int(fact_dir[i]))
-        return out
 
     # ---- building the flow table ---------------------------------------------------------------
     def _build(self, table: fl.FlowTable, facts: dict[int, FlowFacts]) -> pa.Table:

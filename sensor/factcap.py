@@ -1,35 +1,63 @@
-"""The fact capture: the few packets the fast path selects for Wireshark, written as pcapng, with their flows."""
+"""The fact stream: the few packets the fast path selects for Wireshark, as pcapng, with their flows.
+
+The packets go through a pipe to a tshark that dissects them while the fast path is still reading the
+capture (the second core does the dissection); a writer thread with an in-memory queue keeps the fast
+path from ever waiting on tshark.
+"""
 
 from __future__ import annotations
 
+import os
+import queue
 import struct
-from pathlib import Path
-from typing import BinaryIO
+import threading
 
 import numpy as np
-import numpy.typing as npt
 
+from sensor.errors import SourceError
 from sensor.flows import FactPackets
 from sensor.sources.pcap import Batch
 
 
 class FactCapture:
-    """Appends selected packets to a pcapng file (one interface per link type) and remembers, for each
-    frame number, the flow index and direction it belongs to."""
+    """Writes selected packets as pcapng (one interface per link type) into a pipe whose read end
+    (`read_fd`) feeds the dissector, and remembers for each frame number the flow index and direction it
+    belongs to (frame n is at index n-1)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh: BinaryIO = path.open("wb")
-        self._iface: dict[int, int] = {}
-        self.flow: list[npt.NDArray[np.int64]] = []
-        self.direction: list[npt.NDArray[np.int8]] = []
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+        self.flow: list[int] = []
+        self.direction: list[int] = []
         self.count = 0
-        self._write_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+        self.error: str | None = None
+        self._iface: dict[int, int] = {}
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._abandon = threading.Event()
+        self._writer = threading.Thread(target=self._drain, name="fact-writer", daemon=True)
+        self._writer.start()
+        self._block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
 
-    def _write_block(self, btype: int, body: bytes) -> None:
+    def _drain(self) -> None:
+        fd = self._write_fd
+        try:
+            while True:
+                data = self._queue.get()
+                if data is None:
+                    break
+                if self._abandon.is_set():
+                    continue
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+        except OSError as exc:
+            self.error = f"the dissector stopped reading the fact stream ({exc.strerror or exc})"
+        finally:
+            os.close(fd)
+
+    def _block(self, btype: int, body: bytes) -> None:
         pad = (-len(body)) % 4
         total = 12 + len(body) + pad
-        self._fh.write(struct.pack("<II", btype, total) + body + b"\0" * pad + struct.pack("<I", total))
+        self._queue.put(struct.pack("<II", btype, total) + body + b"\0" * pad + struct.pack("<I", total))
 
     def _interface(self, linktype: int) -> int:
         idx = self._iface.get(linktype)
@@ -38,30 +66,38 @@ class FactCapture:
             self._iface[linktype] = idx
             # if_tsresol = 9 (nanoseconds), then opt_endofopt
             opts = struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HH", 0, 0)
-            self._write_block(1, struct.pack("<HHI", linktype, 0, 262144) + opts)
+            self._block(1, struct.pack("<HHI", linktype, 0, 262144) + opts)
         return idx
 
     def add(self, batch: Batch, facts: FactPackets) -> None:
         idx = np.flatnonzero(facts.mask)
         if idx.size == 0:
             return
-        self.flow.append(facts.flow[idx].copy())
-        self.direction.append(facts.direction[idx].copy())
         buf = batch.buf
-        for i in idx.tolist():
+        flows = facts.flow[idx].tolist()
+        dirs = facts.direction[idx].tolist()
+        chunks: list[bytes] = []
+        for k, i in enumerate(idx.tolist()):
             off = int(batch.offset[i])
             cap = int(batch.caplen[i])
             ts = int(batch.ts_ns[i])
             iface = self._interface(int(batch.linktype[i]))
-            data = buf[off : off + cap].tobytes()
-            self._write_block(
-                6, struct.pack("<IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, cap, int(batch.wirelen[i])) + data
-            )
-        self.count += int(idx.size)
+            body = struct.pack("<IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, cap, int(batch.wirelen[i]))
+            body += buf[off : off + cap].tobytes()
+            pad = (-len(body)) % 4
+            total = 12 + len(body) + pad
+            chunks.append(struct.pack("<II", 6, total) + body + b"\0" * pad + struct.pack("<I", total))
+            # the mapping is recorded before the frame can reach the dissector
+            self.flow.append(flows[k])
+            self.direction.append(dirs[k])
+        self.count += len(chunks)
+        self._queue.put(b"".join(chunks))
 
-    def close(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int8]]:
-        """Close the file; return flow index and direction per frame (frame n is at index n-1)."""
-        self._fh.close()
-        if not self.flow:
-            return np.zeros(0, np.int64), np.zeros(0, np.int8)
-        return np.concatenate(self.flow), np.concatenate(self.direction)
+    def close(self, *, abandon: bool = False) -> None:
+        """End the stream (the reader sees end of file); with abandon, drop what is still queued."""
+        if abandon:
+            self._abandon.set()
+        self._queue.put(None)
+        self._writer.join()
+        if self.error and not abandon:
+            raise SourceError(self.error)

@@ -262,6 +262,12 @@ def process(  # type: ignore[no-untyped-def]
             else:
                 want = cls == pk.CLS_STUN or cls == pk.CLS_STUN_OLD or cls == pk.CLS_DTLS
         fs[f, F_DATA_PKTS + d] += 1
+        if cls == pk.CLS_TLS_REC and (buf[poff] == 23 or buf[poff] == 20):
+            # ChangeCipherSpec or application data: this side's cleartext handshake is over, later
+            # records are encrypted and tell the dissectors nothing.
+            if fs[f, F_DATA_PKTS + d] < k_fact:
+                fs[f, F_DATA_PKTS + d] = k_fact
+            want = want and buf[poff] == 20
         if want:
             fact_mask[i] = 1
             fact_flow[i] = f
@@ -361,6 +367,7 @@ class FlowTable:
         self.nib = np.zeros((4096, 16), np.int64)
         self.rec = np.zeros((8192, NREC), np.int64)
         self.state = np.zeros(5, np.int64)
+        self._facts_buf: FactPackets | None = None
 
     @property
     def nflows(self) -> int:
@@ -375,8 +382,12 @@ class FlowTable:
         return int(self.state[S_NONIP])
 
     def add(self, b: Batch) -> FactPackets:
+        """Account one batch; returns which of its packets carry facts (valid until the next call)."""
         n = len(b)
-        facts = FactPackets(np.zeros(n, np.uint8), np.zeros(n, np.int64), np.zeros(n, np.int8))
+        if self._facts_buf is None or self._facts_buf.mask.shape[0] < n:
+            self._facts_buf = FactPackets(np.zeros(n, np.uint8), np.zeros(n, np.int64), np.zeros(n, np.int8))
+        fb = self._facts_buf
+        facts = FactPackets(fb.mask[:n], fb.flow[:n], fb.direction[:n])
         i = 0
         while True:
             i, status = process(

@@ -67,14 +67,14 @@ class ReadStats:
     skipped_bytes: int = 0
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _u32(buf, p, big):  # type: ignore[no-untyped-def]
     if big:
         return (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16) | (np.int64(buf[p + 2]) << 8) | buf[p + 3]
     return (np.int64(buf[p + 3]) << 24) | (np.int64(buf[p + 2]) << 16) | (np.int64(buf[p + 1]) << 8) | buf[p]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _u16(buf, p, big):  # type: ignore[no-untyped-def]
     if big:
         return (np.int64(buf[p]) << 8) | buf[p + 1]
@@ -277,25 +277,9 @@ class CaptureReader:
         else:
             raise SourceError(f"{path}: not a pcap or pcapng capture (magic {magic.hex()})")
 
-    def _alloc(
-        self,
-    ) -> tuple[
-        npt.NDArray[np.int64],
-        npt.NDArray[np.int32],
-        npt.NDArray[np.int32],
-        npt.NDArray[np.int64],
-        npt.NDArray[np.int16],
-    ]:
-        n = self.batch_packets
-        return (
-            np.empty(n, np.int64),
-            np.empty(n, np.int32),
-            np.empty(n, np.int32),
-            np.empty(n, np.int64),
-            np.empty(n, np.int16),
-        )
-
     def __iter__(self) -> Iterator[Batch]:
+        """Batches in file order. A batch's arrays and buffer are reused for the next batch: consumers
+        copy what they keep before asking for the next one (this keeps the reader free of page faults)."""
         if_link = np.zeros(64, np.int64)
         if_mul = np.ones(64, np.int64)
         if_div = np.ones(64, np.int64)
@@ -314,34 +298,27 @@ class CaptureReader:
         if_mul: npt.NDArray[np.int64],
         if_div: npt.NDArray[np.int64],
     ) -> Iterator[Batch]:
-        tail = b""
+        n_max = self.batch_packets
+        offs, caplens = np.empty(n_max, np.int64), np.empty(n_max, np.int32)
+        wirelens, ts, lts = np.empty(n_max, np.int32), np.empty(n_max, np.int64), np.empty(n_max, np.int16)
+        # one buffer for the whole file: the unread tail of a block moves to its start, the next block follows
+        buf = np.empty(self.block_bytes + MAX_CAPLEN + 65536, np.uint8)
+        tail = 0
         eof = False
+        last_sec = -1
         while True:
-            chunk = b"" if eof else fh.read(self.block_bytes)
-            if not chunk:
+            got = 0 if eof else fh.readinto(memoryview(buf)[tail : tail + self.block_bytes])  # type: ignore[attr-defined,arg-type]
+            if not got:
                 eof = True
-            data = tail + chunk if tail else chunk
-            if not data:
+            end = tail + got
+            if end == 0:
                 return
-            buf = np.frombuffer(data, dtype=np.uint8)
             pos = 0
-            end = len(data)
-            last_sec = -1
             while True:
-                offs, caplens, wirelens, ts, lts = self._alloc()
-                view = buf[pos:]
+                view = buf[pos:end]
                 if self.format == "pcap":
                     n, used, bad = index_pcap(
-                        view,
-                        end - pos,
-                        self._big,
-                        self._ns_per_tick,
-                        self._linktype,
-                        offs,
-                        caplens,
-                        wirelens,
-                        ts,
-                        lts,
+                        view, end - pos, self._big, self._ns_per_tick, self._linktype, offs, caplens, wirelens, ts, lts
                     )
                 else:
                     n, used, bad = index_pcapng(
@@ -356,9 +333,9 @@ class CaptureReader:
                 if bad:
                     at = self.stats.bytes_read
                     if self.format == "pcap":
-                        q = int(resync_pcap(buf, pos + 1, end, self._big, last_sec))
+                        q = int(resync_pcap(buf[:end], pos + 1, end, self._big, last_sec))
                     else:
-                        q = int(resync_pcapng(buf, pos + 4, end, bool(state[0])))
+                        q = int(resync_pcapng(buf[:end], pos + 4, end, bool(state[0])))
                     if q < 0:
                         keep = 0 if eof else min(end - pos, MAX_CAPLEN + 4096)
                         skip = end - pos - keep
@@ -372,16 +349,16 @@ class CaptureReader:
                     self.stats.bytes_read += q - pos
                     pos = q
                     continue
-                if n < self.batch_packets:
+                if n < n_max:
                     break
-            tail = data[pos:]
+            tail = end - pos
             if eof:
                 if tail:
                     self._damage(
-                        f"truncated: the last packet is cut short at byte {self.stats.bytes_read} (1 packet lost)",
-                        len(tail),
+                        f"truncated: the last packet is cut short at byte {self.stats.bytes_read} (1 packet lost)", tail
                     )
                 return
+            buf[:tail] = buf[pos:end]
 
     def _damage(self, reason: str, skipped: int) -> None:
         self.stats.damaged.append(reason)
