@@ -8,11 +8,16 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sensor import __version__
 from sensor.config import Config, load_config
 from sensor.errors import SensorError
+
+if TYPE_CHECKING:
+    from sensor.rules.check import CheckReport
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 log = logging.getLogger("lync-sensor")
@@ -47,6 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--lake", type=Path, default=None, help="lake directory (overrides sensor.lake)")
     a.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     a.add_argument("--json", action="store_true", help="print the summary as JSON")
+    a.add_argument("--no-rules", action="store_true", help="do not evaluate the rules after the analysis")
+
+    k = sub.add_parser("check", help="evaluate the protection rules over the lake and store the findings")
+    _common(k)
+    k.add_argument("--lake", type=Path, default=None, help="lake directory (overrides sensor.lake)")
+    k.add_argument("--rules", type=Path, default=None, help="rules directory (default: sensor.rules or queries/)")
+    win = k.add_mutually_exclusive_group()
+    win.add_argument("--since", default=None, metavar="DURATION", help="window ending now, e.g. 15m, 2h, 1d")
+    win.add_argument("--from", dest="start", default=None, metavar="TIME", help="window start (ISO 8601, UTC)")
+    k.add_argument("--to", dest="end", default=None, metavar="TIME", help="window end (ISO 8601, UTC; default now)")
+    k.add_argument("--json", action="store_true", help="print the findings as JSON lines")
+
+    r = sub.add_parser("rules", help="list or lint the rule files")
+    r.add_argument("action", choices=("list", "lint"))
+    _common(r)
+    r.add_argument("--rules", type=Path, default=None, help="rules directory (default: sensor.rules or queries/)")
 
     c = sub.add_parser("config", help="check or show the effective configuration")
     c.add_argument("action", choices=("check", "show"))
@@ -82,19 +103,24 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 f"{rep.skipped_bytes:,} bytes skipped",
                 file=sys.stderr,
             )
+    report = None
+    if not args.no_rules:
+        from sensor.rules.check import Checker
+
+        report = Checker(cfg).check_table(result.table, lake, now=_now())
+    code = _verdict(report)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "packets": result.packets,
-                    "flows": result.table.num_rows,
-                    "files": [str(w.path) for w in written],
-                    "summary": summarize(result.table),
-                },
-                default=str,
-            )
-        )
-        return EXIT_OK
+        out: dict[str, object] = {
+            "packets": result.packets,
+            "flows": result.table.num_rows,
+            "files": [str(w.path) for w in written],
+            "summary": summarize(result.table),
+        }
+        if report is not None:
+            out["findings"] = {r.rule.id: r.by_severity for r in report.evaluation.results if r.findings}
+            out["rule_errors"] = [str(p) for p in report.evaluation.problems]
+        print(json.dumps(out, default=str))
+        return code
     rate = result.packets / result.seconds if result.seconds else 0.0
     print(
         f"Analysed {len(result.captures)} capture(s): {result.packets:,} packets in {result.seconds:.1f} s "
@@ -102,7 +128,69 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     )
     print(f"Wrote {result.table.num_rows:,} flow records to {lake}/flows in {len(written)} file(s).")
     print(render(result.table))
-    return EXIT_OK
+    if report is not None:
+        from sensor.rules.check import render as render_findings
+
+        print(render_findings(report))
+    return code
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _verdict(report: CheckReport | None) -> int:
+    """1 when a rule found a violation; 2 when a rule could not be evaluated; else 0."""
+    if report is None:
+        return EXIT_OK
+    if report.evaluation.violations:
+        return EXIT_FINDINGS
+    return EXIT_ERROR if report.evaluation.problems else EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from sensor.rules.check import Checker, parse_since, parse_time, render
+    from sensor.rules.context import Window
+
+    cfg = _load(args)
+    now = _now()
+    if args.since:
+        window = parse_since(args.since, now)
+    elif args.start or args.end:
+        start = parse_time(args.start, "--from") if args.start else None
+        window = Window(start, parse_time(args.end, "--to") if args.end else now)
+    else:
+        window = Window()
+    lake = Path(cfg.sensor.lake)
+    if not (lake / "flows").is_dir():
+        raise SensorError(f"lake {lake}: no flows table (run `lync-sensor analyze` or the sensor first)")
+    report = Checker(cfg, rules=args.rules).check_lake(lake, window, now=now)
+    if args.json:
+        for row in report.evaluation.findings.to_pylist():
+            print(json.dumps(row, default=str))
+    else:
+        print(render(report))
+        if report.written:
+            print(f"Wrote {report.fresh.num_rows:,} new findings to {lake}/findings.")
+    return _verdict(report)
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from sensor.rules.check import Checker
+
+    cfg = _load(args)
+    checker = Checker(cfg, rules=args.rules)
+    if args.action == "list":
+        for rule in checker.rules:
+            print(f"{rule.id:<5} {rule.severity:<9} {rule.area:<10} {rule.title}  ({rule.path.name})")
+        for p in checker.load_problems:
+            print(f"error: {p}", file=sys.stderr)
+        return EXIT_ERROR if checker.load_problems else EXIT_OK
+    problems = checker.lint()
+    for p in problems:
+        print(str(p), file=sys.stderr)
+    print(f"{len(checker.rules)} rules loaded from {checker.rules_path}, {len(problems)} problem(s)")
+    return EXIT_ERROR if problems else EXIT_OK
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -119,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    handlers = {"analyze": cmd_analyze, "config": cmd_config}
+    handlers = {"analyze": cmd_analyze, "check": cmd_check, "rules": cmd_rules, "config": cmd_config}
     try:
         return handlers[args.command](args)
     except SensorError as exc:

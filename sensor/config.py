@@ -50,6 +50,7 @@ class SensorSettings:
     flow_capacity: int = 1_000_000
     sip_messages_per_flow: int = 64
     fact_packets_per_flow: int = 12
+    rules: str = ""  # directory of rule files; "" = the queries/ shipped with the sensor
 
 
 @dataclass(frozen=True)
@@ -346,6 +347,7 @@ _SCHEMA = _Table(
                 "flow_capacity": _integer(1, 1_000_000_000),
                 "sip_messages_per_flow": _integer(0, 100_000),
                 "fact_packets_per_flow": _integer(0, 100_000),
+                "rules": _string(),
             }
         ),
         "topology": _Table(

@@ -201,3 +201,33 @@ def describe(column: str) -> str:
         if c.name == column:
             return c.description
     raise KeyError(column)
+
+
+FINDING_COLUMNS: tuple[Column, ...] = (
+    Column("finding_id", pa.string(), "Stable id of the finding: hash of rule, flow and severity (no duplicates)."),
+    Column("ts", _TS, "Start of the flow (within the evaluation window) the finding is about (UTC)."),
+    Column("ts_end", _TS, "Last packet of that flow within the window (UTC)."),
+    Column("rule_id", pa.string(), "Rule that fired, e.g. 'R1' (queries/<area>/<RULE-ID>_<slug>.sql)."),
+    Column("severity", pa.string(), "violation, warning or info (the reference's V/W/I)."),
+    Column("title", pa.string(), "Title of the rule."),
+    Column("uid", pa.string(), "The flow (uid of the flows table)."),
+    Column("orig_h", pa.string(), "Originator address of the flow."),
+    Column("orig_p", pa.int32(), "Originator port."),
+    Column("resp_h", pa.string(), "Responder address."),
+    Column("resp_p", pa.int32(), "Responder port."),
+    Column("proto", pa.string(), "tcp or udp."),
+    Column("service", pa.string(), "Lync service behind the port (port catalogue)."),
+    Column("orig_role", pa.string(), "Lync role of the originator."),
+    Column("resp_role", pa.string(), "Lync role of the responder."),
+    Column("app", pa.string(), "Application protocol of the flow."),
+    Column("evidence", pa.string(), "The facts that convict, in words."),
+    Column("requirement", pa.string(), "The documented sentence the rule checks, quoted."),
+    Column("source", pa.string(), "Source tag(s) of the requirement in lync-reference.md, e.g. '[ENC]'."),
+    Column("sensor_id", pa.string(), "Sensor whose flows were evaluated."),
+    Column("evaluated_at", _TS, "When the rule ran (UTC)."),
+)
+
+FINDING_SCHEMA: pa.Schema = pa.schema(
+    [pa.field(c.name, c.type, metadata={"description": c.description}) for c in FINDING_COLUMNS],
+    metadata={"table": "findings", "schema_version": "1"},
+)

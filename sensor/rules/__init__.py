@@ -1,0 +1,1 @@
+"""Protection rules as DuckDB SQL: loading and linting rule files, evaluating them into findings."""

@@ -1,0 +1,136 @@
+"""`lync-sensor check`: evaluate the rules over a lake window (or an analysis' flows) and store findings."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from sensor.catalogue import Catalogue
+from sensor.config import Config
+from sensor.errors import ConfigError
+from sensor.lake import Written
+from sensor.rules import context
+from sensor.rules.engine import Evaluation, evaluate, write_findings
+from sensor.rules.loader import RuleProblem, default_rules_dir, load_rules
+from sensor.rules.loader import lint as lint_rules
+from sensor.schema import FLOW_SCHEMA
+from sensor.topology import Topology
+
+_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+@dataclass
+class CheckReport:
+    """One evaluation: the findings, what was new to the lake, and the files written."""
+
+    evaluation: Evaluation
+    fresh: pa.Table
+    written: list[Written]
+    records: int
+    window: context.Window
+
+
+def rules_dir(cfg: Config) -> Path:
+    return Path(cfg.sensor.rules) if cfg.sensor.rules else default_rules_dir()
+
+
+def parse_since(text: str, now: datetime) -> context.Window:
+    """'15m', '2h', '1d' -> the window ending now."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ConfigError(f"--since {text!r}: use a number and a unit s, m, h, d or w (e.g. 15m)", key="--since")
+    return context.Window(now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))}), now)
+
+
+def parse_time(text: str, flag: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: not an ISO 8601 time (e.g. 2026-11-26T10:00:00Z)", key=flag) from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+class Checker:
+    """Loads the rules once and evaluates them in a DuckDB context holding the site's tables."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        topology: Topology | None = None,
+        catalogue: Catalogue | None = None,
+        rules: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.topology = topology or Topology.from_config(cfg)
+        self.catalogue = catalogue or Catalogue.load(cfg.ports, source=str(cfg.source) if cfg.source else None)
+        self.rules_path = rules or rules_dir(cfg)
+        self.rules, self.load_problems = load_rules(self.rules_path)
+
+    def _context(self) -> duckdb.DuckDBPyConnection:
+        con = context.connect()
+        context.register_site(con, self.cfg, self.topology, self.catalogue)
+        return con
+
+    def lint(self) -> list[RuleProblem]:
+        con = self._context()
+        context.register_flows_from_table(con, FLOW_SCHEMA.empty_table())
+        try:
+            return self.load_problems + lint_rules(con, self.rules)
+        finally:
+            con.close()
+
+    def _run(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        lake: Path,
+        now: datetime,
+        records: int,
+        window: context.Window,
+        store: bool,
+    ) -> CheckReport:
+        ev = evaluate(con, self.rules, sensor_id=self.cfg.sensor.id, evaluated_at=now)
+        ev.problems = self.load_problems + ev.problems
+        con.close()
+        if store:
+            fresh, written = write_findings(lake, self.cfg.sensor.id, ev.findings)
+        else:
+            fresh, written = ev.findings, []
+        return CheckReport(ev, fresh, written, records, window)
+
+    def check_table(self, flows: pa.Table, lake: Path, *, now: datetime, store: bool = True) -> CheckReport:
+        con = self._context()
+        context.register_flows_from_table(con, flows)
+        return self._run(con, lake, now, flows.num_rows, context.Window(), store)
+
+    def check_lake(self, lake: Path, window: context.Window, *, now: datetime, store: bool = True) -> CheckReport:
+        con = self._context()
+        records = context.register_flows_from_lake(con, lake, window)
+        return self._run(con, lake, now, records, window, store)
+
+
+def render(report: CheckReport) -> str:
+    ev = report.evaluation
+    lines = [
+        f"Rules evaluated over {report.records:,} flow records {report.window.describe()}: "
+        f"{ev.findings.num_rows:,} findings ({report.fresh.num_rows:,} new)."
+    ]
+    lines.append(f"  {'rule':<5} {'violation':>9} {'warning':>8} {'info':>6}  title")
+    for r in ev.results:
+        if not r.ok:
+            lines.append(f"  {r.rule.id:<5} {'error':>9} {'':>8} {'':>6}  {r.rule.title}")
+            continue
+        b = r.by_severity
+        lines.append(
+            f"  {r.rule.id:<5} {b.get('violation', 0):>9} {b.get('warning', 0):>8} {b.get('info', 0):>6}"
+            f"  {r.rule.title}"
+        )
+    for p in ev.problems:
+        lines.append(f"rule error: {p}")
+    return "\n".join(lines)

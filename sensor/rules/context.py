@@ -1,0 +1,173 @@
+"""The DuckDB context rules run in: flows of the evaluation window, site policy and catalogue as tables.
+
+Views and tables a rule may use (documented in queries/README.md):
+  flow_records  the lake's interval records overlapping the window (the flow schema)
+  flows         one row per flow (uid): facts from its latest record, counters summed over the window
+  roles, networks, server_roles, gateway_roles, policy, gateways, trusted_apps, xmpp_partners
+  ports, web_paths, cipher_suites    the catalogue (sensor/data/*.csv)
+and macros is_server(role), is_gateway(role), is_edge_external(role), family(role),
+plaintext_start(first_byte, sslv2_hello), txt(x) and conn(orig_role, orig_h, orig_p, resp_role, resp_h, resp_p,
+proto).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from sensor.catalogue import ROLE_FAMILY, Catalogue
+from sensor.config import Config
+from sensor.schema import FLOW_COLUMNS, FLOW_SCHEMA
+from sensor.topology import GATEWAY_ROLES, SERVER_ROLES, Topology
+
+SUMMED = ("orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes")
+EDGE_EXTERNAL_ROLES = ("edge_external", "edge_external_access", "edge_external_webconf", "edge_external_av")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The evaluation window [start, end) in UTC; None bounds are open."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def describe(self) -> str:
+        s = self.start.isoformat() if self.start else "-inf"
+        e = self.end.isoformat() if self.end else "now"
+        return f"[{s}, {e})"
+
+
+def _lit(values: object) -> str:
+    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in sorted(values))  # type: ignore[call-overload]
+
+
+def _flows_view(con: duckdb.DuckDBPyConnection) -> None:
+    facts = [c.name for c in FLOW_COLUMNS if c.name not in (*SUMMED, "ts", "ts_end", "uid", "duration")]
+    sums = ", ".join(f"sum({c})::BIGINT AS {c}" for c in SUMMED)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE flows AS
+        WITH agg AS (
+            SELECT uid, min(ts) AS ts, max(ts_end) AS ts_end, {sums}, count(*) AS records
+            FROM flow_records GROUP BY uid
+        ),
+        latest AS (
+            SELECT * FROM flow_records QUALIFY row_number() OVER (PARTITION BY uid ORDER BY ts DESC) = 1
+        )
+        SELECT agg.uid, agg.ts, agg.ts_end, epoch(agg.ts_end) - epoch(agg.ts) AS duration,
+               {", ".join("agg." + c for c in SUMMED)}, agg.records, {", ".join("latest." + c for c in facts)}
+        FROM agg JOIN latest USING (uid)
+    """)
+
+
+def register_flows_from_table(con: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
+    """Rules over an in-memory flow table (the end of `analyze`)."""
+    con.register("flow_records_arrow", table)
+    con.execute("CREATE OR REPLACE TEMP VIEW flow_records AS SELECT * FROM flow_records_arrow")
+    _flows_view(con)
+
+
+def register_flows_from_lake(con: duckdb.DuckDBPyConnection, lake: Path, window: Window) -> int:
+    """Rules over the lake's flow records that overlap the window; returns the number of records."""
+    files = list((lake / "flows").glob("date=*/hour=*/*.parquet"))
+    if not files:
+        con.register("flow_records_arrow", FLOW_SCHEMA.empty_table())
+        con.execute("CREATE OR REPLACE TEMP VIEW flow_records AS SELECT * FROM flow_records_arrow")
+    else:
+        where = ["true"]
+        if window.start is not None:
+            # partition pruning on the hive keys first, then the exact bound on the records
+            d, h = window.start.date().isoformat(), window.start.hour
+            where.append(f"(date > DATE '{d}' OR (date = DATE '{d}' AND hour >= {h}))")
+            where.append(f"ts_end >= TIMESTAMPTZ '{window.start.isoformat()}'")
+        if window.end is not None:
+            d, h = window.end.date().isoformat(), window.end.hour
+            where.append(f"(date < DATE '{d}' OR (date = DATE '{d}' AND hour <= {h}))")
+            where.append(f"ts < TIMESTAMPTZ '{window.end.isoformat()}'")
+        glob = str(lake / "flows" / "**" / "*.parquet").replace("'", "''")
+        con.execute(f"""
+            CREATE OR REPLACE TEMP VIEW flow_records AS
+            SELECT * EXCLUDE (date, hour) FROM read_parquet('{glob}', hive_partitioning = true,
+                                                           union_by_name = true)
+            WHERE {" AND ".join(where)}
+        """)
+    _flows_view(con)
+    row = con.execute("SELECT sum(records) FROM flows").fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def register_site(con: duckdb.DuckDBPyConnection, cfg: Config, topology: Topology, catalogue: Catalogue) -> None:
+    """Site topology and policy, and the catalogue, as tables; the macros rules share."""
+    p = cfg.policy
+    tables: dict[str, pa.Table] = {
+        "roles": pa.table(
+            {"role": [r for r, _ in topology.roles_table()], "cidr": [c for _, c in topology.roles_table()]}
+        ),
+        "networks": pa.table(
+            {"zone": [z for z, _ in topology.networks_table()], "cidr": [c for _, c in topology.networks_table()]}
+        ),
+        "server_roles": pa.table({"role": sorted(SERVER_ROLES)}),
+        "gateway_roles": pa.table({"role": sorted(GATEWAY_ROLES)}),
+        "policy": pa.table(
+            {
+                "media_encryption_level": [p.media_encryption_level],
+                "fips": [p.fips],
+                "require_tls12_on_edge": [p.require_tls12_on_edge],
+            }
+        ),
+        "gateways": pa.table(
+            {
+                "address": list(p.gateways),
+                "transport": [g.transport for g in p.gateways.values()],
+                "srtp_mode": [g.effective_srtp_mode for g in p.gateways.values()],
+                "e911": [g.e911 for g in p.gateways.values()],
+            },
+            schema=pa.schema(
+                [("address", pa.string()), ("transport", pa.string()), ("srtp_mode", pa.string()), ("e911", pa.bool_())]
+            ),
+        ),
+        "trusted_apps": pa.table(
+            {"address": list(p.trusted_applications), "port": [t.port for t in p.trusted_applications.values()]},
+            schema=pa.schema([("address", pa.string()), ("port", pa.int32())]),
+        ),
+        "xmpp_partners": pa.table(
+            {"domain": list(p.xmpp_partners), "tls_negotiation": [x.tls_negotiation for x in p.xmpp_partners.values()]},
+            schema=pa.schema([("domain", pa.string()), ("tls_negotiation", pa.string())]),
+        ),
+    }
+    for name, rows in catalogue.as_tables().items():
+        tables[name] = pa.Table.from_pylist(rows)
+    for name, tbl in tables.items():
+        con.register(f"{name}_arrow", tbl)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")
+        con.unregister(f"{name}_arrow")
+    family = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in ROLE_FAMILY.items())
+    con.execute(f"CREATE OR REPLACE TEMP MACRO is_server(r) AS r IN ({_lit(SERVER_ROLES)})")
+    con.execute(f"CREATE OR REPLACE TEMP MACRO is_gateway(r) AS r IN ({_lit(GATEWAY_ROLES)})")
+    con.execute(f"CREATE OR REPLACE TEMP MACRO is_edge_external(r) AS r IN ({_lit(EDGE_EXTERNAL_ROLES)})")
+    con.execute(f"CREATE OR REPLACE TEMP MACRO family(r) AS CASE r {family} ELSE r END")
+    # The originator's first payload byte is not a TLS record (0x16) nor an SSLv2-format hello: cleartext.
+    con.execute(
+        "CREATE OR REPLACE TEMP MACRO plaintext_start(first_byte, sslv2_hello) AS "
+        "first_byte IS NOT NULL AND first_byte <> 22 AND NOT coalesce(sslv2_hello, false)"
+    )
+    # evidence text helpers: NULL-safe text, and "role addr:port -> role addr:port/proto"
+    con.execute("CREATE OR REPLACE TEMP MACRO txt(x) AS coalesce(CAST(x AS VARCHAR), '-')")
+    con.execute(
+        "CREATE OR REPLACE TEMP MACRO conn(orole, oh, op, rrole, rh, rp, pr) AS "
+        "format('{} {}:{} -> {} {}:{}/{}', txt(orole), txt(oh), txt(op), txt(rrole), txt(rh), txt(rp), "
+        "txt(pr))"
+    )
+
+
+def connect() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

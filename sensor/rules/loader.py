@@ -1,0 +1,189 @@
+"""Rule files: `queries/<area>/<RULE-ID>_<slug>.sql` with a `-- key: value` header and one SELECT.
+
+Loading collects problems instead of raising (each with its file and line), so one broken rule never
+stops the others; lint() also prepares every query against the flow schema.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+REQUIRED_KEYS = ("id", "title", "severity", "requirement", "source", "description")
+SEVERITIES = ("violation", "warning", "info")
+HEADER_SEVERITIES = (*SEVERITIES, "per-row")
+OUTPUT_COLUMNS = ("uid", "evidence")
+_HEADER = re.compile(r"^--\s*([a-z_]+)\s*:\s*(.*)$")
+_CONT = re.compile(r"^--\s{2,}(\S.*)$")
+_ID = re.compile(r"^R\d+$")
+_DUCK_LINE = re.compile(r"LINE (\d+):")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One loaded rule: its header and its SQL body (body_line = file line of the body's first line)."""
+
+    id: str
+    title: str
+    severity: str
+    requirement: str
+    source: str
+    description: str
+    area: str
+    path: Path
+    sql: str
+    body_line: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RuleProblem:
+    """A problem with a rule file, located at a line."""
+
+    path: Path
+    line: int
+    message: str
+    rule_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+def _code_only(sql: str) -> str:
+    """SQL without string literals and comments (for statement counting)."""
+    return re.sub(r"'(?:[^']|'')*'|--[^\n]*", "", sql)
+
+
+def default_rules_dir() -> Path:
+    """The queries/ directory shipped next to the sensor package."""
+    return Path(__file__).resolve().parents[2] / "queries"
+
+
+def parse(path: Path, root: Path) -> tuple[Rule | None, list[RuleProblem]]:
+    """Parse one rule file; returns the rule (None if unusable) and the problems found."""
+    problems: list[RuleProblem] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [RuleProblem(path, 1, f"cannot read rule file: {exc}")]
+    lines = text.splitlines()
+    header: dict[str, str] = {}
+    key_line: dict[str, int] = {}
+    last: str | None = None
+    body_start = len(lines)
+    for i, line in enumerate(lines):
+        m = _HEADER.match(line)
+        c = _CONT.match(line)
+        if c and last is not None and not m:
+            header[last] += " " + c.group(1).strip()
+            continue
+        if m:
+            key, value = m.group(1), m.group(2).strip()
+            if key in header:
+                problems.append(RuleProblem(path, i + 1, f"duplicate header key '{key}'"))
+            header[key] = value
+            key_line[key] = i + 1
+            last = key
+            continue
+        if line.strip() == "" or line.lstrip().startswith("--"):
+            last = None if line.strip() == "" else last
+            continue
+        body_start = i
+        break
+    body = "\n".join(lines[body_start:]).strip()
+    for key in REQUIRED_KEYS:
+        if not header.get(key):
+            problems.append(RuleProblem(path, 1, f"missing header key '{key}'"))
+    rid = header.get("id", "")
+    if rid and not _ID.match(rid):
+        problems.append(RuleProblem(path, key_line.get("id", 1), f"id '{rid}' is not of the form R<number>"))
+    if rid and not path.name.startswith(rid + "_"):
+        problems.append(RuleProblem(path, key_line.get("id", 1), f"file name must start with '{rid}_'"))
+    sev = header.get("severity", "")
+    if sev and sev not in HEADER_SEVERITIES:
+        problems.append(
+            RuleProblem(
+                path, key_line.get("severity", 1), f"severity '{sev}' is not one of {', '.join(HEADER_SEVERITIES)}"
+            )
+        )
+    if not body:
+        problems.append(RuleProblem(path, len(lines) or 1, "no SELECT after the header"))
+    elif not re.match(r"(?is)^(select|with)\b", body):
+        problems.append(RuleProblem(path, body_start + 1, "the body must be one SELECT (or WITH ... SELECT)"))
+    elif ";" in _code_only(body).rstrip().rstrip(";"):
+        problems.append(RuleProblem(path, body_start + 1, "the body must be a single statement"))
+    if problems:
+        return None, problems
+    area = path.parent.relative_to(root).as_posix() if path.parent != root else ""
+    extra = {k: v for k, v in header.items() if k not in REQUIRED_KEYS}
+    return Rule(
+        rid,
+        header["title"],
+        sev,
+        header["requirement"],
+        header["source"],
+        header["description"],
+        area,
+        path,
+        body.rstrip().rstrip(";"),
+        body_start + 1,
+        extra,
+    ), []
+
+
+def load_rules(root: Path) -> tuple[list[Rule], list[RuleProblem]]:
+    """Every rule under root (sorted by id); problems of broken files are collected, not raised."""
+    if not root.is_dir():
+        return [], [RuleProblem(root, 0, "rules directory does not exist")]
+    rules: list[Rule] = []
+    problems: list[RuleProblem] = []
+    seen: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.sql")):
+        rule, probs = parse(path, root)
+        problems += probs
+        if rule is None:
+            continue
+        if rule.id in seen:
+            problems.append(RuleProblem(path, 1, f"duplicate rule id {rule.id} (also in {seen[rule.id]})", rule.id))
+            continue
+        seen[rule.id] = path
+        rules.append(rule)
+    rules.sort(key=lambda r: int(r.id[1:]))
+    return rules, problems
+
+
+def problem_from_duckdb(rule: Rule, exc: Exception) -> RuleProblem:
+    """A DuckDB error on a rule, with its LINE n mapped to the file's line."""
+    msg = str(exc).strip().splitlines()
+    m = _DUCK_LINE.search(str(exc))
+    line = rule.body_line + int(m.group(1)) - 1 if m else rule.body_line
+    return RuleProblem(rule.path, line, msg[0] if msg else type(exc).__name__, rule.id)
+
+
+def output_columns(con: duckdb.DuckDBPyConnection, rule: Rule) -> list[str]:
+    """The result columns of a rule's query (prepares it without running it)."""
+    return [r[0] for r in con.execute(f"DESCRIBE {rule.sql}").fetchall()]
+
+
+def lint(con: duckdb.DuckDBPyConnection, rules: list[Rule]) -> list[RuleProblem]:
+    """Prepare every rule against the context's tables; check the result has the columns findings need."""
+    problems: list[RuleProblem] = []
+    for rule in rules:
+        try:
+            cols = output_columns(con, rule)
+        except duckdb.Error as exc:
+            problems.append(problem_from_duckdb(rule, exc))
+            continue
+        missing = [c for c in OUTPUT_COLUMNS if c not in cols]
+        if missing:
+            problems.append(
+                RuleProblem(rule.path, rule.body_line, f"the query must return column(s) {', '.join(missing)}", rule.id)
+            )
+        if rule.severity == "per-row" and "severity" not in cols:
+            problems.append(
+                RuleProblem(rule.path, rule.body_line, "severity per-row needs a 'severity' result column", rule.id)
+            )
+    return problems
