@@ -230,6 +230,19 @@ def _string(pattern: str | None = None, hint: str = "") -> _Leaf:
     return _Leaf(check)
 
 
+def _string_or_empty() -> _Leaf:
+    """A string that may be empty ("" = the built-in default, e.g. sensor.rules)."""
+
+    def check(value: Any) -> str:
+        if isinstance(value, _Given):
+            value = value.parsed if isinstance(value.parsed, str) else value.text
+        if not isinstance(value, str):
+            raise _Problem(f"expected a string, got {_show(value)}")
+        return value
+
+    return _Leaf(check)
+
+
 def _check_boolean(value: Any) -> bool:
     value = _parsed(value)
     if not isinstance(value, bool):
@@ -347,7 +360,7 @@ _SCHEMA = _Table(
                 "flow_capacity": _integer(1, 1_000_000_000),
                 "sip_messages_per_flow": _integer(0, 100_000),
                 "fact_packets_per_flow": _integer(0, 100_000),
-                "rules": _string(),
+                "rules": _string_or_empty(),
             }
         ),
         "topology": _Table(

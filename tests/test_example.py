@@ -38,7 +38,7 @@ def test_example_analysis_with_the_worked_config(tmp_path: Path) -> None:
         timeout=300,
         check=False,
     )
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # the example holds violations on purpose
     out = json.loads(r.stdout)
     assert out["packets"] == 27340
     pairs = {(o, rr, a) for o, rr, a, _n, _p in out["summary"]["role_pairs"]}
@@ -48,3 +48,6 @@ def test_example_analysis_with_the_worked_config(tmp_path: Path) -> None:
     plain = dict(out["summary"]["plaintext"])
     assert plain["plaintext SIP flows"] == 3
     assert plain["unencrypted media flows"] == 6 and plain["encrypted media flows"] == 4
+    assert out["rule_errors"] == []
+    assert out["findings"]["R2"] == {"violation": 2, "warning": 1}
+    assert out["findings"]["R7"] == {"violation": 5}

@@ -81,11 +81,17 @@ def register_flows_from_lake(con: duckdb.DuckDBPyConnection, lake: Path, window:
         if window.start is not None:
             # partition pruning on the hive keys first, then the exact bound on the records
             d, h = window.start.date().isoformat(), window.start.hour
-            where.append(f"(date > DATE '{d}' OR (date = DATE '{d}' AND hour >= {h}))")
+            where.append(
+                f"(CAST(date AS DATE) > DATE '{d}' OR (CAST(date AS DATE) = DATE '{d}' "
+                f"AND CAST(hour AS INTEGER) >= {h}))"
+            )
             where.append(f"ts_end >= TIMESTAMPTZ '{window.start.isoformat()}'")
         if window.end is not None:
             d, h = window.end.date().isoformat(), window.end.hour
-            where.append(f"(date < DATE '{d}' OR (date = DATE '{d}' AND hour <= {h}))")
+            where.append(
+                f"(CAST(date AS DATE) < DATE '{d}' OR (CAST(date AS DATE) = DATE '{d}' "
+                f"AND CAST(hour AS INTEGER) <= {h}))"
+            )
             where.append(f"ts < TIMESTAMPTZ '{window.end.isoformat()}'")
         glob = str(lake / "flows" / "**" / "*.parquet").replace("'", "''")
         con.execute(f"""

@@ -100,7 +100,7 @@ def parse(path: Path, root: Path) -> tuple[Rule | None, list[RuleProblem]]:
     rid = header.get("id", "")
     if rid and not _ID.match(rid):
         problems.append(RuleProblem(path, key_line.get("id", 1), f"id '{rid}' is not of the form R<number>"))
-    if rid and not path.name.startswith(rid + "_"):
+    if rid and _ID.match(rid) and not path.name.startswith(rid + "_"):
         problems.append(RuleProblem(path, key_line.get("id", 1), f"file name must start with '{rid}_'"))
     sev = header.get("severity", "")
     if sev and sev not in HEADER_SEVERITIES:

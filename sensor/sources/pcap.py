@@ -324,12 +324,12 @@ class CaptureReader:
                     n, used, bad = index_pcapng(
                         view, end - pos, state, if_link, if_mul, if_div, offs, caplens, wirelens, ts, lts
                     )
+                self.stats.bytes_read += int(used)  # before the yield, so progress sees this batch
                 if n:
                     self.stats.packets += int(n)
                     last_sec = int(ts[n - 1] // 1_000_000_000)
                     yield Batch(view, offs[:n], caplens[:n], wirelens[:n], ts[:n], lts[:n])
                 pos += int(used)
-                self.stats.bytes_read += int(used)
                 if bad:
                     at = self.stats.bytes_read
                     if self.format == "pcap":
