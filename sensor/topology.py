@@ -47,6 +47,9 @@ SERVER_ROLES: frozenset[str] = frozenset(
         "sba",
         "office_web_apps",
         "edge_external",
+        "edge_external_access",
+        "edge_external_webconf",
+        "edge_external_av",
     }
 )
 GATEWAY_ROLES: frozenset[str] = frozenset({"pstn_gateway", "e911_gateway"})

@@ -17,12 +17,13 @@ WITH e AS (
 judged AS (
     SELECT *,
            CASE
+               -- Edge-to-Edge media and candidate checks go from 50000-59999 to the partner's TCP 443 / UDP 3478
+               WHEN NOT inbound AND ((proto = 'tcp' AND resp_p IN (80, 53, 443, 5061, 5269))
+                                     OR (proto = 'udp' AND resp_p IN (53, 3478))) THEN NULL
                WHEN proto = 'udp' AND edge_port BETWEEN 50000 AND 59999 THEN 'info'
                WHEN inbound AND ((proto = 'tcp' AND resp_p IN (443, 5061, 5269)) OR (proto = 'udp' AND resp_p = 3478)
                                  OR (proto = 'tcp' AND resp_p BETWEEN 50000 AND 59999)) THEN NULL
-               WHEN NOT inbound AND ((proto = 'tcp' AND resp_p IN (80, 53, 443, 5061, 5269))
-                                     OR (proto = 'udp' AND resp_p IN (53, 3478))
-                                     OR orig_p BETWEEN 50000 AND 59999) THEN NULL
+               WHEN NOT inbound AND orig_p BETWEEN 50000 AND 59999 AND proto = 'tcp' THEN NULL
                ELSE 'warning'
            END AS severity
     FROM e

@@ -19,6 +19,9 @@ WITH m AS (
            (SELECT any_value(g.srtp_mode) FROM gateways g WHERE g.address IN (f.orig_h, f.resp_h)) AS gw_srtp
     FROM flows f
     WHERE 'mediation' IN (f.orig_role, f.resp_role)
+       -- the gateway side of a Mediation role: an SBA, or a Front End with a collocated Mediation Server
+       OR (f.orig_role = 'pstn_gateway' AND (f.resp_role = 'sba' OR family(f.resp_role) = 'front_end'))
+       OR (f.resp_role = 'pstn_gateway' AND (f.orig_role = 'sba' OR family(f.orig_role) = 'front_end'))
        OR ((is_gateway(f.orig_role) OR is_gateway(f.resp_role)) AND f.app IN ('rtp', 'rtcp', 'srtp', 'srtcp'))
 ),
 judged AS (

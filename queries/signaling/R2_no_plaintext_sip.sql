@@ -7,8 +7,9 @@
 -- source: [TLS-MTLS]; [ENC]; [PORTS]; [GW]
 -- description: Any flow carrying a cleartext SIP request or status line, TCP or UDP, any port. Violation,
 --   except: E1 Front End/Director <-> a configured trusted application on its port (no finding); E2
---   Mediation/SBA <-> PSTN gateway on TCP: warning (violation when the gateway is defined with TLS);
---   E3 Front End -> E9-1-1 gateway: warning. SIP over UDP and plaintext SIP crossing the Edge external
+--   Mediation/SBA (or a Front End with a collocated Mediation Server) <-> PSTN gateway on TCP: warning,
+--   violation when the gateway is defined with TLS; E3 Front End -> E9-1-1 gateway TCP 5066: warning
+--   (unless that gateway is defined with TLS). SIP over UDP and plaintext SIP crossing the Edge external
 --   side are always violations.
 WITH s AS (
     SELECT f.*,
@@ -18,7 +19,10 @@ WITH s AS (
            EXISTS (SELECT 1 FROM trusted_apps t
                    WHERE (t.address = f.resp_h AND t.port = f.resp_p) OR (t.address = f.orig_h AND t.port = f.orig_p))
                OR ('trusted_application' IN (f.orig_role, f.resp_role) AND 5060 IN (f.orig_p, f.resp_p))
-               AS trusted_app
+               AS trusted_app,
+           (is_gateway(f.orig_role) AND (f.resp_role IN ('mediation', 'sba') OR family(f.resp_role) = 'front_end'))
+               OR (is_gateway(f.resp_role) AND (f.orig_role IN ('mediation', 'sba')
+                                                OR family(f.orig_role) = 'front_end')) AS gateway_leg
     FROM flows f
     WHERE f.sip_plain
 ),
@@ -30,21 +34,20 @@ judged AS (
                    THEN 'violation'
                WHEN trusted_app AND (family(orig_role) IN ('front_end', 'director')
                                      OR family(resp_role) IN ('front_end', 'director')) THEN NULL
-               WHEN e911 THEN 'warning'
-               WHEN (orig_role IN ('mediation', 'sba') OR resp_role IN ('mediation', 'sba'))
-                    AND (is_gateway(orig_role) OR is_gateway(resp_role))
-                   THEN CASE WHEN gw_transport = 'tls' THEN 'violation' ELSE 'warning' END
+               WHEN gateway_leg AND gw_transport = 'tls' THEN 'violation'
+               WHEN gateway_leg AND e911 AND family(orig_role) = 'front_end' AND resp_p = 5066 THEN 'warning'
+               WHEN gateway_leg AND NOT e911 THEN 'warning'
                ELSE 'violation'
            END AS severity,
            CASE
                WHEN proto = 'udp' THEN 'SIP over UDP (no Lync 2013 document allows it)'
                WHEN is_edge_external(orig_role) OR is_edge_external(resp_role) OR 'external' IN (orig_role, resp_role)
                    THEN 'plaintext SIP crossing the perimeter'
-               WHEN e911 THEN 'plaintext SIP to the E9-1-1 gateway (E3: protection not stated, reference 8.7)'
-               WHEN (orig_role IN ('mediation', 'sba') OR resp_role IN ('mediation', 'sba'))
-                    AND (is_gateway(orig_role) OR is_gateway(resp_role))
-                   THEN CASE WHEN gw_transport = 'tls' THEN 'plaintext SIP on a gateway trunk defined with TLS'
-                             ELSE format('plaintext SIP on the Mediation-gateway trunk (E2, trunk transport {}: TLS strongly recommended)', txt(gw_transport)) END
+               WHEN gateway_leg AND gw_transport = 'tls' THEN 'plaintext SIP on a gateway trunk defined with TLS'
+               WHEN gateway_leg AND e911 AND family(orig_role) = 'front_end' AND resp_p = 5066
+                   THEN 'plaintext SIP to the E9-1-1 gateway (E3: protection not stated, reference 8.7)'
+               WHEN gateway_leg AND NOT e911
+                   THEN format('plaintext SIP on the Mediation-gateway trunk (E2, trunk transport {}: TLS strongly recommended)', txt(gw_transport))
                ELSE 'plaintext SIP'
            END AS why
     FROM s

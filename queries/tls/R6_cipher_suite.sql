@@ -6,8 +6,8 @@
 --   Schannel lists NULL, RC4 and EXPORT suites as not FIPS / "Only used when application explicitly requests".
 -- source: [ENC]; [CSVISTA]; [CS81]
 -- description: The ServerHello's cipher suite against sensor/data/cipher_suites.csv. Violation: NULL, RC4,
---   DES, EXPORT or SSLv2 suites; with policy.fips, any suite not FIPS-approved. Warning: 3DES; with
---   policy.fips, a suite the table does not know. The exact suite policy is [inference] (Lync publishes no
+--   DES, EXPORT or SSLv2 suites; with policy.fips, any suite the table does not mark FIPS (yes or
+--   derived), unknown suites included. Warning: 3DES. The exact suite policy is [inference] (Lync publishes no
 --   list); the ECDHE curve check of FIPS mode is not made (the curve is not recorded).
 WITH c AS (
     SELECT f.*, s.class AS suite_class, s.fips AS suite_fips, s.name AS suite_name,
@@ -18,9 +18,8 @@ WITH c AS (
 judged AS (
     SELECT *,
            CASE WHEN suite_class IN ('null', 'rc4', 'des', 'export', 'sslv2') THEN 'violation'
-                WHEN site_fips AND suite_fips = 'no' THEN 'violation'
+                WHEN site_fips AND (suite_fips = 'no' OR suite_class IS NULL) THEN 'violation'
                 WHEN suite_class = '3des' THEN 'warning'
-                WHEN site_fips AND suite_class IS NULL THEN 'warning'
            END AS severity
     FROM c
 )
