@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ from sensor.config import Config, load_config
 from sensor.errors import SensorError
 
 if TYPE_CHECKING:
+    from sensor.exporter import MetricsServer
     from sensor.rules.check import CheckReport
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -53,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     a.add_argument("--json", action="store_true", help="print the summary as JSON")
     a.add_argument("--no-rules", action="store_true", help="do not evaluate the rules after the analysis")
+    a.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve /metrics (metrics.listen) during and after the analysis, until SIGTERM",
+    )
 
     k = sub.add_parser("check", help="evaluate the protection rules over the lake and store the findings")
     _common(k)
@@ -86,16 +94,23 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from sensor.analyze import Analyzer
-    from sensor.lake import LakeWriter
+    from sensor.metrics import SensorMetrics
+    from sensor.pipeline import analyze_to_lake
     from sensor.progress import Progress
     from sensor.summary import render, summarize
 
     cfg = _load(args)
     progress = None if (args.no_progress or not cfg.sensor.progress) else Progress()
-    result = Analyzer(cfg, progress=progress).run(args.captures)
+    metrics = SensorMetrics()
+    server = None
+    if args.serve:
+        from sensor.exporter import MetricsServer
+
+        server = MetricsServer(metrics.registry, cfg.metrics).start()
+        print(f"Serving {server.url}", file=sys.stderr, flush=True)
+    run = analyze_to_lake(cfg, args.captures, metrics=metrics, progress=progress, rules=not args.no_rules)
+    result, written, report = run.analysis, run.written, run.report
     lake = Path(cfg.sensor.lake)
-    written = LakeWriter(lake, cfg.sensor.id).write("flows", result.table)
     for rep in result.captures:
         for reason in rep.damaged:
             print(
@@ -103,11 +118,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 f"{rep.skipped_bytes:,} bytes skipped",
                 file=sys.stderr,
             )
-    report = None
-    if not args.no_rules:
-        from sensor.rules.check import Checker
-
-        report = Checker(cfg).check_table(result.table, lake, now=_now())
     code = _verdict(report)
     if args.json:
         out: dict[str, object] = {
@@ -119,7 +129,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if report is not None:
             out["findings"] = {r.rule.id: r.by_severity for r in report.evaluation.results if r.findings}
             out["rule_errors"] = [str(p) for p in report.evaluation.problems]
-        print(json.dumps(out, default=str))
+        print(json.dumps(out, default=str), flush=True)
+        if server is not None:
+            _hold(server)
         return code
     rate = result.packets / result.seconds if result.seconds else 0.0
     print(
@@ -132,7 +144,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from sensor.rules.check import render as render_findings
 
         print(render_findings(report))
+    if server is not None:
+        _hold(server)
     return code
+
+
+def _hold(server: MetricsServer) -> None:
+    """Keep serving /metrics until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"Analysis done; serving {server.url} until SIGTERM.", file=sys.stderr, flush=True)
+    stop.wait()
+    server.stop()
 
 
 def _now() -> datetime:

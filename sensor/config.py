@@ -113,6 +113,17 @@ class PrivacySettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """[metrics]: the /metrics exporter. Loopback by default; TLS and basic auth for exposing it further."""
+
+    listen: str = "127.0.0.1:9477"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    basic_auth_user: str = ""
+    basic_auth_password_sha256: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole config; `source` is the file it was loaded from (None without one)."""
 
@@ -121,6 +132,7 @@ class Config:
     policy: PolicySettings = field(default_factory=PolicySettings)
     ports: Mapping[str, tuple[int, int]] = field(default_factory=_frozen)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: Path | None = None
     origins: Mapping[str, str] = field(default_factory=_frozen, repr=False, compare=False)
 
@@ -159,6 +171,7 @@ class Config:
             },
             "ports": {range_id: list(bounds) for range_id, bounds in self.ports.items()},
             "privacy": dataclasses.asdict(self.privacy),
+            "metrics": dataclasses.asdict(self.metrics),
         }
 
 
@@ -390,6 +403,17 @@ _SCHEMA = _Table(
         ),
         "ports": _Entries(_range_id_key, _Leaf(_check_port_range)),
         "privacy": _Table({"redact_http_query": _boolean, "store_sip_uris": _boolean}),
+        "metrics": _Table(
+            {
+                "listen": _string(
+                    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}", "must be host:port, e.g. 127.0.0.1:9477"
+                ),
+                "tls_cert_file": _string_or_empty(),
+                "tls_key_file": _string_or_empty(),
+                "basic_auth_user": _string_or_empty(),
+                "basic_auth_password_sha256": _string(r"[0-9a-f]{64}|", "must be the hex SHA-256 of the password"),
+            }
+        ),
     }
 )
 
@@ -597,6 +621,7 @@ def _build(data: Mapping[str, Any], source: Path | None, origins: Mapping[str, s
         ),
         ports=_frozen(data.get("ports", {})),
         privacy=PrivacySettings(**data.get("privacy", {})),
+        metrics=MetricsSettings(**data.get("metrics", {})),
         source=source,
         origins=_frozen(origins),
     )
