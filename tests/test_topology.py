@@ -155,6 +155,9 @@ def test_role_sets_follow_the_reference() -> None:
         "sba",
         "office_web_apps",
         "edge_external",
+        "edge_external_access",
+        "edge_external_webconf",
+        "edge_external_av",
     } == SERVER_ROLES
     assert {"pstn_gateway", "e911_gateway"} == GATEWAY_ROLES
     assert SERVER_ROLES.issubset(KNOWN_ROLES) and GATEWAY_ROLES.issubset(KNOWN_ROLES)
