@@ -11,6 +11,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 need=""
 command -v make >/dev/null 2>&1 || need="$need make"
 command -v tshark >/dev/null 2>&1 || need="$need tshark"
+# Prometheus (promtool) and Alertmanager (amtool): alert rule checks and the end-to-end monitoring tests
+command -v promtool >/dev/null 2>&1 || need="$need prometheus"
+command -v amtool >/dev/null 2>&1 || need="$need prometheus-alertmanager"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
 if ! python3 -m venv --help >/dev/null 2>&1; then need="$need python3-venv"; fi
 if [ -n "$need" ]; then
