@@ -39,6 +39,7 @@ bench-rules: setup
 
 golden: setup
 	$(PY) -m sensor.synth labelled examples/lync-sample.pcap --seed 7
+	LYNC_SENSOR_UPDATE_GOLDEN=1 $(BIN)/pytest -q tests/test_metrics.py
 
 clean:
 	rm -rf $(VENV) lake bench/out .pytest_cache .mypy_cache .ruff_cache

@@ -146,14 +146,14 @@ class SensorMetrics:
         con.register("f", flows)
         for o, r, app, pkts, byts in con.execute(
             "SELECT orig_role, resp_role, coalesce(app, 'none'), sum(orig_pkts + resp_pkts), "
-            "sum(orig_bytes + resp_bytes) FROM f GROUP BY ALL"
+            "sum(orig_bytes + resp_bytes) FROM f GROUP BY ALL ORDER BY ALL"
         ).fetchall():
             labels = (_bounded(o, ROLES), _bounded(r, ROLES), _bounded(app, (*APP_VALUES, NO_APP)))
             self.packets.labels(*labels).inc(int(pkts or 0))
             self.bytes.labels(*labels).inc(int(byts or 0))
         firsts = con.execute(
             "SELECT orig_role, resp_role, coalesce(app, 'none'), tls_version, sip_plain, media_encrypted, "
-            "coalesce(http_requests, 0) > 0, count(*) FROM f WHERE interval_seq = 0 GROUP BY ALL"
+            "coalesce(http_requests, 0) > 0, count(*) FROM f WHERE interval_seq = 0 GROUP BY ALL ORDER BY ALL"
         ).fetchall()
         con.close()
         for o, r, app, tls, sip, enc, http, n in firsts:
