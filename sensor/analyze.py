@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from sensor import flows as fl
@@ -57,23 +59,36 @@ class FlowFacts:
             self.dtls_srtp = True
 
 
-class _FactSink:
+class FactSink:
     """Collects the dissected fact packets into FlowFacts per flow (called from the dissector's reader)."""
 
     def __init__(self, factcap: FactCapture, *, redact_query: bool) -> None:
         self.factcap = factcap
         self.redact_query = redact_query
         self.facts: dict[int, FlowFacts] = {}
+        self.last_frame = 0
+        self.lock = threading.Lock()  # the live sensor remaps flow indices when it compacts the flow table
 
     def __call__(self, p: DissectedPacket) -> None:
-        i = p.number - 1
-        if i < 0 or i >= len(self.factcap.flow):
-            return
-        f = self.factcap.flow[i]
-        ff = self.facts.get(f)
-        if ff is None:
-            ff = self.facts[f] = FlowFacts(http=HttpFacts(redact_query=self.redact_query))
-        ff.observe(p, self.factcap.direction[i])
+        with self.lock:
+            self.last_frame = max(self.last_frame, p.number)
+            i = p.number - 1 - self.factcap.base
+            if i < 0 or i >= len(self.factcap.flow):
+                return
+            f = self.factcap.flow[i]
+            if f < 0:
+                return
+            ff = self.facts.get(f)
+            if ff is None:
+                ff = self.facts[f] = FlowFacts(http=HttpFacts(redact_query=self.redact_query))
+            ff.observe(p, self.factcap.direction[i])
+
+    def remap(self, remap: np.ndarray) -> None:
+        """Follow a compaction of the flow table (old index -> new index, -1 dropped)."""
+        with self.lock:
+            self.facts = {int(remap[f]): ff for f, ff in self.facts.items() if f < remap.size and remap[f] >= 0}
+            self.factcap.forget(self.last_frame - self.factcap.base)  # frames dissected already
+            self.factcap.remap(remap)
 
 
 @dataclass
@@ -138,7 +153,7 @@ class Analyzer:
         reports: list[CaptureReport] = []
         packets = 0
         factcap = FactCapture()
-        sink = _FactSink(factcap, redact_query=self.cfg.privacy.redact_http_query)
+        sink = FactSink(factcap, redact_query=self.cfg.privacy.redact_http_query)
         worker = DissectorProcess(factcap.read_fd, sink)
         try:
             for reader in readers:
@@ -169,11 +184,14 @@ class Analyzer:
             time.monotonic() - scanned,
             factcap.count,
         )
-        out = self._build(table, sink.facts)
+        out = self.build_records(table, sink.facts)
         return Analysis(out, reports, packets, factcap.count, table.non_ip, time.monotonic() - started)
 
     # ---- building the flow table ---------------------------------------------------------------
-    def _build(self, table: fl.FlowTable, facts: dict[int, FlowFacts]) -> pa.Table:
+    def build_records(
+        self, table: fl.FlowTable, facts: dict[int, FlowFacts], start: int = 0, end: int | None = None
+    ) -> pa.Table:
+        """The flow records table[start:end] with every flow column (facts known so far)."""
         n = table.nflows
         fs = table.fs[:n]
         fu = table.fu[:n]
@@ -216,7 +234,7 @@ class Analyzer:
         per_flow["service"], per_flow["service_source"] = self._services(
             proto, orig_p, resp_p, orig_role, resp_role, fact_cols["app"]
         )
-        rec = table.rec[: table.nrecords]
+        rec = table.rec[start : table.nrecords if end is None else end]
         idx = rec[:, fl.R_FLOW]
         flow_fields = [f for f in FLOW_SCHEMA if f.name in per_flow]
         flow_tbl = pa.table({f.name: pa.array(per_flow[f.name], type=f.type) for f in flow_fields})

@@ -77,6 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(r)
     r.add_argument("--rules", type=Path, default=None, help="rules directory (default: sensor.rules or queries/)")
 
+    lv = sub.add_parser("run", help="the long-running sensor: capture on an interface, lake, rules, /metrics")
+    _common(lv)
+    lv.add_argument("--interface", default=None, help="capture interface (overrides live.interface)")
+    lv.add_argument("--bpf", default=None, help="capture filter (overrides live.bpf)")
+    lv.add_argument("--lake", type=Path, default=None, help="lake directory (overrides sensor.lake)")
+    lv.add_argument(
+        "--spool-only",
+        action="store_true",
+        help="no capture of our own: read the ring files another dumpcap writes into live.spool",
+    )
+
+    st = sub.add_parser("status", help="health of the running sensor (capture, packets, drops, flush, rules)")
+    _common(st)
+
     c = sub.add_parser("config", help="check or show the effective configuration")
     c.add_argument("action", choices=("check", "show"))
     _common(c)
@@ -217,6 +231,48 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return EXIT_ERROR if problems else EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from sensor.exporter import MetricsServer
+    from sensor.live import LiveSensor
+    from sensor.metrics import SensorMetrics
+
+    if args.interface is not None:
+        args.overrides.append(f"live.interface={json.dumps(args.interface)}")
+    if args.bpf is not None:
+        args.overrides.append(f"live.bpf={json.dumps(args.bpf)}")
+    cfg = _load(args)
+    metrics = SensorMetrics()
+    server = MetricsServer(metrics.registry, cfg.metrics).start()
+    sensor = LiveSensor(cfg, metrics=metrics, reload=lambda: _load(args), capture=not args.spool_only)
+    signal.signal(signal.SIGTERM, lambda *_: sensor.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: sensor.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: sensor.request_reload())
+    print(
+        f"lync-sensor run: capturing on {cfg.live.interface or '(spool only)'}, lake {cfg.sensor.lake}, "
+        f"metrics {server.url}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        sensor.run()
+    finally:
+        server.stop()
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from sensor.live import read_status
+
+    cfg = _load(args)
+    st = read_status(cfg)
+    age = _time.time() - st.updated
+    healthy = st.capture_running and age < max(30, 3 * cfg.sensor.interval)
+    print(json.dumps({**st.__dict__, "age_seconds": round(age, 1), "healthy": healthy}, indent=2))
+    return EXIT_OK if healthy else EXIT_FINDINGS
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if args.action == "show":
@@ -231,7 +287,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    handlers = {"analyze": cmd_analyze, "check": cmd_check, "rules": cmd_rules, "config": cmd_config}
+    handlers = {
+        "analyze": cmd_analyze,
+        "check": cmd_check,
+        "rules": cmd_rules,
+        "config": cmd_config,
+        "run": cmd_run,
+        "status": cmd_status,
+    }
     try:
         return handlers[args.command](args)
     except SensorError as exc:

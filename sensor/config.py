@@ -113,6 +113,24 @@ class PrivacySettings:
 
 
 @dataclass(frozen=True)
+class LiveSettings:
+    """[live]: the long-running appliance (`lync-sensor run`)."""
+
+    interface: str = ""
+    bpf: str = ""
+    spool: str = "/run/lync-sensor/spool"
+    spool_seconds: int = 2
+    spool_files: int = 64
+    capture_buffer_mib: int = 64
+    rule_interval: int = 60
+    rule_window: int = 900
+    retention_days: int = 30
+    retention_max_bytes: int = 0
+    min_free_bytes: int = 1 << 30
+    status_file: str = ""
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """[metrics]: the /metrics exporter. Loopback by default; TLS and basic auth for exposing it further."""
 
@@ -133,6 +151,7 @@ class Config:
     ports: Mapping[str, tuple[int, int]] = field(default_factory=_frozen)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    live: LiveSettings = field(default_factory=LiveSettings)
     source: Path | None = None
     origins: Mapping[str, str] = field(default_factory=_frozen, repr=False, compare=False)
 
@@ -172,6 +191,7 @@ class Config:
             "ports": {range_id: list(bounds) for range_id, bounds in self.ports.items()},
             "privacy": dataclasses.asdict(self.privacy),
             "metrics": dataclasses.asdict(self.metrics),
+            "live": dataclasses.asdict(self.live),
         }
 
 
@@ -403,6 +423,22 @@ _SCHEMA = _Table(
         ),
         "ports": _Entries(_range_id_key, _Leaf(_check_port_range)),
         "privacy": _Table({"redact_http_query": _boolean, "store_sip_uris": _boolean}),
+        "live": _Table(
+            {
+                "interface": _string_or_empty(),
+                "bpf": _string_or_empty(),
+                "spool": _string(),
+                "spool_seconds": _integer(1, 3600),
+                "spool_files": _integer(2, 100_000),
+                "capture_buffer_mib": _integer(1, 4096),
+                "rule_interval": _integer(1, 86_400),
+                "rule_window": _integer(1, 31 * 86_400),
+                "retention_days": _integer(0, 36_500),
+                "retention_max_bytes": _integer(0, 1 << 60),
+                "min_free_bytes": _integer(0, 1 << 60),
+                "status_file": _string_or_empty(),
+            }
+        ),
         "metrics": _Table(
             {
                 "listen": _string(
@@ -622,6 +658,7 @@ def _build(data: Mapping[str, Any], source: Path | None, origins: Mapping[str, s
         ports=_frozen(data.get("ports", {})),
         privacy=PrivacySettings(**data.get("privacy", {})),
         metrics=MetricsSettings(**data.get("metrics", {})),
+        live=LiveSettings(**data.get("live", {})),
         source=source,
         origins=_frozen(origins),
     )

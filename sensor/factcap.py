@@ -28,6 +28,7 @@ class FactCapture:
         self.read_fd, self._write_fd = os.pipe()
         self.flow: list[int] = []
         self.direction: list[int] = []
+        self.base = 0  # frame number - 1 of flow[0] (older frames were dissected and forgotten)
         self.count = 0
         self.error: str | None = None
         self._iface: dict[int, int] = {}
@@ -92,6 +93,17 @@ class FactCapture:
             self.direction.append(dirs[k])
         self.count += len(chunks)
         self._queue.put(b"".join(chunks))
+
+    def remap(self, remap: np.ndarray) -> None:
+        """Follow a compaction of the flow table; frames of dropped flows map to -1."""
+        self.flow = [int(remap[f]) if 0 <= f < remap.size else -1 for f in self.flow]
+
+    def forget(self, frames: int) -> None:
+        """Drop the mapping of the first `frames` frames still held (already dissected)."""
+        frames = min(frames, len(self.flow))
+        del self.flow[:frames]
+        del self.direction[:frames]
+        self.base += frames
 
     def close(self, *, abandon: bool = False) -> None:
         """End the stream (the reader sees end of file); with abandon, drop what is still queued."""

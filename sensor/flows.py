@@ -326,6 +326,29 @@ def flush_open(fs, rec, state):  # type: ignore[no-untyped-def]
             _emit(fs, rec, state, f)
 
 
+@nb.njit(cache=True, nogil=True)
+def flush_before(fs, rec, state, iv_now):  # type: ignore[no-untyped-def]
+    """Emit the pending record of every open flow whose interval ended before interval iv_now (live mode:
+    a flow that went quiet still shows up on time). Returns the records emitted."""
+    n = 0
+    for f in range(state[S_NFLOWS]):
+        if fs[f, F_ENDED] == 0 and fs[f, F_CUR_IVAL] < iv_now and fs[f, F_PK] + fs[f, F_PK + 1] > 0:
+            _emit(fs, rec, state, f)
+            n += 1
+    return n
+
+
+@nb.njit(cache=True, nogil=True)
+def end_flows(fs, rec, state, flows):  # type: ignore[no-untyped-def]
+    """End the given flows (idle timeout or eviction): emit their pending record and mark them ended."""
+    for j in range(flows.shape[0]):
+        f = flows[j]
+        if fs[f, F_ENDED] == 0:
+            if fs[f, F_PK] + fs[f, F_PK + 1] > 0:
+                _emit(fs, rec, state, f)
+            fs[f, F_ENDED] = 1
+
+
 def _grow(a: npt.NDArray[np.generic], rows: int) -> npt.NDArray[np.generic]:
     out = np.zeros((rows, *a.shape[1:]), dtype=a.dtype)
     out[: a.shape[0]] = a
@@ -443,6 +466,67 @@ class FlowTable:
         if need > self.rec.shape[0]:
             self.rec = _grow(self.rec, need)  # type: ignore[assignment]
         flush_open(self.fs, self.rec, self.state)
+
+    def _ensure_records(self, extra: int) -> None:
+        need = self.nrecords + extra + 2
+        if need > self.rec.shape[0]:
+            self.rec = _grow(self.rec, max(need, self.rec.shape[0] * 2))  # type: ignore[assignment]
+
+    def flush_closed(self, now_ns: int) -> int:
+        """Emit the records of intervals that ended before now (by packet time)."""
+        self._ensure_records(self.nflows)
+        return int(flush_before(self.fs, self.rec, self.state, now_ns // self.interval_ns))
+
+    def active(self) -> npt.NDArray[np.int64]:
+        """Indices of the flows not ended."""
+        return np.flatnonzero(self.fs[: self.nflows, F_ENDED] == 0)
+
+    def expire_idle(self, now_ns: int) -> int:
+        """End flows idle longer than the idle timeout; returns how many."""
+        act = self.active()
+        idle = act[self.fs[act, F_LAST_TS] < now_ns - self.idle_ns]
+        if idle.size:
+            self._ensure_records(int(idle.size))
+            end_flows(self.fs, self.rec, self.state, idle.astype(np.int64))
+        return int(idle.size)
+
+    def evict_over(self, capacity: int) -> int:
+        """Keep at most `capacity` open flows: end the least recently seen ones; returns how many."""
+        act = self.active()
+        over = int(act.size) - capacity
+        if over <= 0:
+            return 0
+        oldest = act[np.argsort(self.fs[act, F_LAST_TS], kind="stable")[:over]]
+        self._ensure_records(over)
+        end_flows(self.fs, self.rec, self.state, oldest.astype(np.int64))
+        return over
+
+    def compact(self) -> npt.NDArray[np.int64]:
+        """Drop ended flows once every record is exported (call only then): the per-flow arrays keep only
+        open flows, so memory follows the open flows, not the run's history. Returns old -> new index
+        (-1 for dropped flows) for whoever keeps flow indices (the fact sink)."""
+        n = self.nflows
+        keep = np.flatnonzero(self.fs[:n, F_ENDED] == 0)
+        remap = np.full(n, -1, np.int64)
+        remap[keep] = np.arange(keep.size)
+        rows = max(4096, int(keep.size) * 2)
+        fs, fu, nib = self.fs[keep], self.fu[keep], self.nib[keep]
+        self.fs = _grow(fs, rows)  # type: ignore[assignment]
+        self.fu = _grow(fu, rows)  # type: ignore[assignment]
+        self.nib = _grow(nib, rows)  # type: ignore[assignment]
+        live = self.ht_keys != 0
+        keys, vals = self.ht_keys[live], self.ht_vals[live]
+        mapped = remap[vals]
+        ok = mapped >= 0
+        size = 1 << 16
+        while size < 4 * max(1, int(ok.sum())):
+            size <<= 1
+        self.ht_keys = np.zeros(size, np.uint64)
+        self.ht_vals = np.zeros(size, np.int64)
+        self.state[S_NFLOWS] = keep.size
+        self.state[S_HTUSED] = _reinsert(self.ht_keys, self.ht_vals, keys[ok], mapped[ok], self.fs)
+        self.state[S_NREC] = 0
+        return remap
 
     def media_stats(self, f: int) -> rtp.MediaStats:
         row = self.fs[f]

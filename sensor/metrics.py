@@ -114,6 +114,34 @@ class SensorMetrics:
             ("source",),
             registry=r,
         )
+        self.capture_restarts = Counter(
+            "lync_sensor_capture_restarts", "Times the capture process (dumpcap) died and was restarted.", registry=r
+        )
+        self.spool_overruns = Counter(
+            "lync_sensor_spool_overruns",
+            "Capture ring files overwritten before the sensor read them (packets lost).",
+            registry=r,
+        )
+        self.open_flows = Gauge("lync_sensor_open_flows", "Flows held in memory (open).", registry=r)
+        self.flow_evictions = Counter(
+            "lync_sensor_flow_evictions",
+            "Open flows ended early because the flow table was full (sensor.flow_capacity).",
+            registry=r,
+        )
+        self.disk_guard = Gauge(
+            "lync_sensor_lake_disk_guard",
+            "1 while lake writes are held back: free disk below live.min_free_bytes.",
+            registry=r,
+        )
+        self.lake_write_errors = Counter(
+            "lync_sensor_lake_write_errors", "Lake writes that failed (retried later).", registry=r
+        )
+        self.pending_records = Gauge(
+            "lync_sensor_lake_pending_records",
+            "Flow records waiting to be written to the lake (disk guard or write errors).",
+            registry=r,
+        )
+        self.capture_running = Gauge("lync_sensor_capture_running", "1 while the capture process runs.", registry=r)
         self.last_flush = Gauge(
             "lync_sensor_last_flush_timestamp_seconds",
             "Unix time of the last successful write to the lake.",

@@ -113,7 +113,7 @@ def test_the_brief_example_loads_unchanged(example: Path) -> None:
 
 def test_the_deploy_example_loads_and_uses_every_section() -> None:
     cfg = load_config(DEPLOY_EXAMPLE)
-    assert set(cfg.to_dict()) == {"sensor", "topology", "policy", "ports", "privacy", "metrics"}
+    assert set(cfg.to_dict()) == {"sensor", "topology", "policy", "ports", "privacy", "metrics", "live"}
     assert cfg.metrics.listen == "127.0.0.1:9477"
     assert cfg.sensor.id == "sensor-a"
     assert cfg.roles["front_end"] == ("10.0.1.10", "10.0.1.11")
