@@ -393,31 +393,11 @@ class LiveSensor:
             self._error(f"rule error: {p}")
 
     def _retention(self, now: float) -> None:
-        days = self.cfg.live.retention_days
-        cutoff = (datetime.fromtimestamp(now, UTC) - timedelta(days=days)).date().isoformat() if days else None
-        parts: list[tuple[str, str, Path]] = []
-        for tbl in ("flows", "findings"):
-            for d in (self.lake / tbl).glob("date=*"):
-                for h in d.glob("hour=*"):
-                    parts.append((d.name[5:], h.name[5:], h))
-        parts.sort()
-        if cutoff:
-            for day, _, path in parts:
-                if day < cutoff:
-                    shutil.rmtree(path, ignore_errors=True)
-        cap = self.cfg.live.retention_max_bytes
-        if cap:
-            sizes = [
-                (day, hour, path, sum(f.stat().st_size for f in path.glob("*.parquet")))
-                for day, hour, path in parts
-                if path.exists()
-            ]
-            total = sum(x[3] for x in sizes)
-            for _, _, path, size in sizes:
-                if total <= cap:
-                    break
-                shutil.rmtree(path, ignore_errors=True)
-                total -= size
+        removed = apply_retention(
+            self.lake, days=self.cfg.live.retention_days, max_bytes=self.cfg.live.retention_max_bytes, now=now
+        )
+        if removed:
+            log.warning("retention removed %d lake partition(s), oldest %s", len(removed), removed[0])
 
     def _do_reload(self) -> None:
         if self.reload_config is None:
@@ -445,6 +425,34 @@ class LiveSensor:
             os.replace(tmp, path)
         except OSError as exc:
             log.debug("status file: %s", exc)
+
+
+def apply_retention(lake: Path, *, days: int, max_bytes: int, now: float) -> list[Path]:
+    """Delete hour partitions of the lake's tables older than `days`, then the oldest ones while the lake is
+    larger than `max_bytes` (0 = no limit for either). Returns the partitions removed, oldest first."""
+    cutoff = (datetime.fromtimestamp(now, UTC) - timedelta(days=days)).date().isoformat() if days else None
+    parts: list[tuple[str, str, Path]] = []
+    for tbl in ("flows", "findings"):
+        for d in (lake / tbl).glob("date=*"):
+            for h in d.glob("hour=*"):
+                parts.append((d.name[5:], h.name[5:], h))
+    parts.sort()
+    removed: list[Path] = []
+    kept: list[tuple[Path, int]] = []
+    for day, _, path in parts:
+        if cutoff and day < cutoff:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        else:
+            kept.append((path, sum(f.stat().st_size for f in path.glob("*.parquet"))))
+    total = sum(size for _, size in kept)
+    for path, size in kept:
+        if not max_bytes or total <= max_bytes:
+            break
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+        total -= size
+    return removed
 
 
 def status_path(cfg: Config) -> Path:

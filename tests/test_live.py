@@ -344,3 +344,31 @@ def test_sighup_reloads_config_without_dropping_the_capture(link: Link, tmp_path
     # the reloaded policy judged the flows: with SupportEncryption plain media is a warning (X3), not a violation
     found = set(lake_query(sensor.lake, "findings", "SELECT DISTINCT rule_id, severity FROM t"))
     assert ("R7", "warning") in found and ("R7", "violation") not in found
+
+
+def test_retention_by_age_and_size(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from sensor.live import apply_retention
+
+    lake = tmp_path / "lake"
+    for table, day, hour, size in [
+        ("flows", "2026-10-01", "00", 100),
+        ("flows", "2026-11-25", "10", 300),
+        ("flows", "2026-11-26", "09", 300),
+        ("findings", "2026-10-02", "05", 10),
+        ("findings", "2026-11-26", "09", 10),
+    ]:
+        part = lake / table / f"date={day}" / f"hour={hour}"
+        part.mkdir(parents=True)
+        (part / "s-000000.parquet").write_bytes(b"\0" * size)
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC).timestamp()
+    removed = apply_retention(lake, days=30, max_bytes=0, now=now)
+    assert sorted(p.parent.name for p in removed) == ["date=2026-10-01", "date=2026-10-02"]
+    removed = apply_retention(lake, days=30, max_bytes=400, now=now)
+    assert [p.parent.name for p in removed] == ["date=2026-11-25"]  # the oldest partition goes first
+    left = sorted(str(p.relative_to(lake)) for p in lake.rglob("*.parquet"))
+    assert left == [
+        "findings/date=2026-11-26/hour=09/s-000000.parquet",
+        "flows/date=2026-11-26/hour=09/s-000000.parquet",
+    ]
