@@ -198,6 +198,8 @@ class LiveSensor:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._pending: list[pa.Table] = []
+        self._rx_dropped: int | None = None
+        self._iface_drops = 0
         self._setup(cfg)
 
     def _setup(self, cfg: Config) -> None:
@@ -284,6 +286,7 @@ class LiveSensor:
                     self._evaluate(now)
                     self._retention(now)
                     next_rules = now + live.rule_interval
+                self._interface_drops()
                 self._write_status(capture)
                 if not files:
                     self._stop.wait(0.2)
@@ -300,6 +303,19 @@ class LiveSensor:
             if capture is not None:
                 capture.stop()
             self._write_status(capture)
+
+    def _interface_drops(self) -> None:
+        """Kernel drops on the capture interface (packets dropped before any socket saw them), as a delta."""
+        if not self.use_capture or not self.cfg.live.interface:
+            return
+        try:
+            now = int(Path(f"/sys/class/net/{self.cfg.live.interface}/statistics/rx_dropped").read_text())
+        except (OSError, ValueError):
+            return
+        if self._rx_dropped is not None and now > self._rx_dropped:
+            self.metrics.capture_drops.labels("live").inc(now - self._rx_dropped)
+            self._iface_drops += now - self._rx_dropped
+        self._rx_dropped = now
 
     def _ingest(self, path: Path, table: fl.FlowTable, factcap: FactCapture) -> None:
         try:
@@ -417,7 +433,7 @@ class LiveSensor:
         st.updated = self.clock()
         st.capture_running = capture.running if capture is not None else False
         st.capture_restarts = capture.restarts if capture is not None else 0
-        st.drops = capture.drops if capture is not None else 0
+        st.drops = self._iface_drops + (capture.drops if capture is not None else 0)
         path = status_path(self.cfg)
         tmp = path.with_name(f".{path.name}.tmp")
         try:
