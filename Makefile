@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 EXAMPLE_LAKE ?= ./lake
 
-.PHONY: setup example test lint typecheck unit bench bench-rules golden clean
+.PHONY: setup example test lint typecheck unit bench bench-rules bench-live golden clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,6 +36,9 @@ bench: setup
 
 bench-rules: setup
 	$(PY) bench/bench_rules.py
+
+bench-live: setup
+	$(PY) bench/bench_live.py
 
 golden: setup
 	$(PY) -m sensor.synth labelled examples/lync-sample.pcap --seed 7
