@@ -92,6 +92,12 @@ def be64(buf, p):  # type: ignore[no-untyped-def]
     return (np.uint64(be32(buf, p)) << np.uint64(32)) | np.uint64(be32(buf, p + 4))
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _undecodable():  # type: ignore[no-untyped-def]
+    """decode()'s answer for a packet it cannot take apart (same tuple shape as a decoded one)."""
+    return (False, 0, np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0), 0, 0, 0, 0, 0, 0, 0, False)
+
+
 @nb.njit(cache=True, nogil=True)
 def decode(buf, off, caplen, linktype):  # type: ignore[no-untyped-def]
     """Decode one packet to (ok, ipver, src_hi, src_lo, dst_hi, dst_lo, proto, sport, dport,
@@ -104,22 +110,7 @@ def decode(buf, off, caplen, linktype):  # type: ignore[no-untyped-def]
     etype = -1
     if linktype == 1:  # Ethernet, with up to two 802.1Q/802.1ad tags
         if caplen < 14:
-            return (
-                False,
-                0,
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                False,
-            )
+            return _undecodable()
         etype = be16(buf, p + 12)
         p += 14
         for _ in range(3):
@@ -128,102 +119,27 @@ def decode(buf, off, caplen, linktype):  # type: ignore[no-untyped-def]
                 p += 4
     elif linktype == 113:  # Linux cooked v1
         if caplen < 16:
-            return (
-                False,
-                0,
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                False,
-            )
+            return _undecodable()
         etype = be16(buf, p + 14)
         p += 16
     elif linktype == 276:  # Linux cooked v2
         if caplen < 20:
-            return (
-                False,
-                0,
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                False,
-            )
+            return _undecodable()
         etype = be16(buf, p)
         p += 20
     elif linktype == 0:  # BSD loopback: 4-byte address family in host order
         if caplen < 4:
-            return (
-                False,
-                0,
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                False,
-            )
+            return _undecodable()
         fam = buf[p] if buf[p] != 0 else buf[p + 3]
         etype = 0x0800 if fam == 2 else 0x86DD
         p += 4
     else:  # raw IP (12, 101, 228, 229): version nibble decides
         if caplen < 1:
-            return (
-                False,
-                0,
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                False,
-            )
+            return _undecodable()
         etype = 0x0800 if (buf[p] >> 4) == 4 else 0x86DD
     if etype == 0x0800:
         if p + 20 > end or (buf[p] >> 4) != 4:
-            return (
-                False,
-                0,
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                False,
-            )
+            return _undecodable()
         ihl = (buf[p] & 0x0F) * 4
         iplen = be16(buf, p + 2)
         frag = be16(buf, p + 6) & 0x1FFF
@@ -239,22 +155,7 @@ def decode(buf, off, caplen, linktype):  # type: ignore[no-untyped-def]
         first_frag = frag == 0
     elif etype == 0x86DD:
         if p + 40 > end:
-            return (
-                False,
-                0,
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                np.uint64(0),
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                False,
-            )
+            return _undecodable()
         iplen = be16(buf, p + 4) + 40
         proto = buf[p + 6]
         s_hi = be64(buf, p + 8)
