@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="check or show the effective configuration")
     c.add_argument("action", choices=("check", "show"))
     _common(c)
+
+    from sensor.zeek import add_commands as add_zeek_commands  # ingest-zeek, zeek-topology
+
+    add_zeek_commands(sub, _common)
     return parser
 
 
@@ -273,6 +277,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if healthy else EXIT_FINDINGS
 
 
+def cmd_zeek(args: argparse.Namespace) -> int:
+    from sensor.zeek import run_command
+
+    return run_command(args, _load(args))
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if args.action == "show":
@@ -294,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": cmd_config,
         "run": cmd_run,
         "status": cmd_status,
+        "ingest-zeek": cmd_zeek,
+        "zeek-topology": cmd_zeek,
     }
     try:
         return handlers[args.command](args)
@@ -303,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lync-sensor: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lync-sensor ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":
