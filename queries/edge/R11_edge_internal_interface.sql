@@ -8,8 +8,9 @@
 --   (PSOM MTLS), 23456 and 5098 (XMPP MTLS), 50001-50003 (CLS MTLS), 4443 (CMS replication HTTPS), 443
 --   (MS-TURN), UDP 3478 (STUN/MS-TURN); outbound TCP 5061 to the pool and TCP 443 ("STUN/MSTURN/TCP/443
 --   Any <-> Edge internal"). Relayed media and ICE checks (SRTP,
---   STUN) are judged by R7, not here. Violation: anything else, and any plaintext SIP or HTTP. Whether the
---   allowed ports are mutual TLS is R1's test.
+--   STUN) are judged by R7, not here; so is UDP whose media protection is not visible (RTP of undecided
+--   protection, or no payload fact at all, as from Zeek logs). Violation: anything else, and any plaintext SIP
+--   or HTTP. Whether the allowed ports are mutual TLS is R1's test.
 WITH e AS (
     SELECT f.*, f.resp_role = 'edge_internal' AS inbound
     FROM flows f
@@ -29,4 +30,7 @@ WHERE coalesce(sip_plain, false) OR coalesce(http_requests, 0) > 0
         OR (inbound AND proto = 'udp' AND resp_p = 3478)
         OR (NOT inbound AND proto = 'tcp' AND resp_p IN (5061, 443))
         OR coalesce(app, '') IN ('srtp', 'srtcp', 'stun', 'ms-turn')
+        OR (proto = 'udp' AND media_encrypted IS NULL
+            AND (coalesce(app, '') IN ('rtp', 'rtcp')
+                 OR (app IS NULL AND orig_first_byte IS NULL AND resp_first_byte IS NULL)))
    )
