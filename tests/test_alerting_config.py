@@ -322,6 +322,8 @@ def test_health_alerts() -> None:
         "LyncSensorRuleEvaluationFailing",
         "LyncSensorRuleEvaluationStale",
         "LyncSensorLakeNotFlushed",
+        "LyncSensorSpoolOverrun",
+        "LyncSensorLakeDiskGuard",
     }
     assert "absent(up{" in health["LyncSensorAbsent"]["expr"]
     assert 'source="live"' in health["LyncSensorNoCaptureTraffic"]["expr"]
