@@ -5,7 +5,7 @@ Generates a realistic Lync mix (sensor.synth.bulk), then measures in one run on 
   - tshark -T fields -e frame.number: packets/s;
   - a plain pyshark FileCapture loop on a slice of the file: packets/s;
   - lync-sensor analyze on a capture N times longer: peak RSS (memory must not grow with length).
-Usage: python bench/bench_analyze.py [--packets 5000000] [--long-factor 5] [--out bench/out]
+Usage: python bench/bench_analyze.py [--packets 10000000] [--long-factor 5] [--out bench/out]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def pyshark_rate(path: Path, slice_packets: int, tmp: Path) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--packets", type=int, default=5_000_000)
+    ap.add_argument("--packets", type=int, default=10_000_000)
     ap.add_argument("--long-factor", type=int, default=5)
     ap.add_argument("--pyshark-slice", type=int, default=20_000)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
