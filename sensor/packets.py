@@ -222,6 +222,13 @@ def _line_has(buf, p, n, a, b, c, d):  # type: ignore[no-untyped-def]
     return False
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _legacy_stun_type(t):  # type: ignore[no-untyped-def]
+    """RFC 3489 / [MS-TURN] message types (Binding, Allocate, Send, Data indication ... and their answers):
+    MS-TURN messages carry no RFC 5389 magic cookie, so the type is what identifies them."""
+    return t in (0x0001, 0x0101, 0x0111, 0x0003, 0x0103, 0x0113, 0x0004, 0x0104, 0x0114, 0x0115, 0x0116, 0x0117)
+
+
 @nb.njit(cache=True, nogil=True)
 def classify(buf, p, n, proto, table, lens):  # type: ignore[no-untyped-def]
     """Signature of a transport payload from its first bytes (see CLS_*)."""
@@ -280,20 +287,7 @@ def classify(buf, p, n, proto, table, lens):  # type: ignore[no-untyped-def]
     if proto == 6 and (b0 == 2 or b0 == 3) and buf[p + 1] == 0 and n >= 24:
         # [MS-TURN] TCP framing: type (2 control, 3 end-to-end data), reserved, 16-bit length, then the message
         inner = be16(buf, p + 4)
-        if b0 == 3 or inner in (
-            0x0001,
-            0x0101,
-            0x0111,
-            0x0003,
-            0x0103,
-            0x0113,
-            0x0004,
-            0x0104,
-            0x0114,
-            0x0115,
-            0x0116,
-            0x0117,
-        ):
+        if b0 == 3 or _legacy_stun_type(inner):
             return CLS_STUN_OLD
     if (b0 & 0xC0) == 0 and n >= 20:
         mlen = be16(buf, p + 2)
@@ -303,20 +297,7 @@ def classify(buf, p, n, proto, table, lens):  # type: ignore[no-untyped-def]
             # RFC 3489 / MS-TURN messages carry no magic cookie; accept the known message types only.
             # The length may exceed a truncated capture, so it is not required to fit.
             mtype = be16(buf, p)
-            if mtype in (
-                0x0001,
-                0x0101,
-                0x0111,
-                0x0003,
-                0x0103,
-                0x0113,
-                0x0004,
-                0x0104,
-                0x0114,
-                0x0115,
-                0x0116,
-                0x0117,
-            ):
+            if _legacy_stun_type(mtype):
                 return CLS_STUN_OLD
         return CLS_OTHER
     if (b0 & 0xC0) == 0x80 and n >= 8 and proto == 17:
