@@ -14,6 +14,10 @@ command -v tshark >/dev/null 2>&1 || need="$need tshark"
 # Prometheus (promtool) and Alertmanager (amtool): alert rule checks and the end-to-end monitoring tests
 command -v promtool >/dev/null 2>&1 || need="$need prometheus"
 command -v amtool >/dev/null 2>&1 || need="$need prometheus-alertmanager"
+# the live-capture tests: network namespaces with a veth pair, tcpreplay on one end; openssl for the TLS exporter test
+command -v ip >/dev/null 2>&1 || need="$need iproute2"
+command -v tcpreplay >/dev/null 2>&1 || need="$need tcpreplay"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
 if ! python3 -m venv --help >/dev/null 2>&1; then need="$need python3-venv"; fi
 if [ -n "$need" ]; then
