@@ -401,9 +401,7 @@ class LiveSensor:
             datetime.fromtimestamp(now + 1, UTC),
         )
         report = self.checker.check_lake(self.lake, window, now=datetime.fromtimestamp(now, UTC))
-        self.metrics.observe_evaluation(
-            report.evaluation.results, report.fresh, len({p.path for p in self.checker.load_problems}), now
-        )
+        self.metrics.observe_evaluation(report.evaluation.results, report.fresh, self.checker.broken_files, now)
         self.status.last_rule_evaluation = now
         for p in report.evaluation.problems:
             self._error(f"rule error: {p}")

@@ -48,7 +48,5 @@ def analyze_to_lake(
         checker = Checker(cfg)
         report = checker.check_table(analysis.table, lake, now=now or datetime.now(UTC))
         if metrics is not None:
-            metrics.observe_evaluation(
-                report.evaluation.results, report.fresh, len({p.path for p in checker.load_problems}), time.time()
-            )
+            metrics.observe_evaluation(report.evaluation.results, report.fresh, checker.broken_files, time.time())
     return RunResult(analysis, written, report)

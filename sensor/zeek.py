@@ -823,7 +823,7 @@ class ZeekIngest:
             self.metrics.observe_evaluation(
                 report.evaluation.results,
                 report.fresh,
-                len({p.path for p in self._checker.load_problems}),
+                self._checker.broken_files,
                 time.time(),
             )
         return report

@@ -16,6 +16,29 @@ SHARED = ROOT.parent / "shared"
 CAPTURES = SHARED / "captures"
 ZEEK_LOGS = SHARED / "zeek-logs"
 EXAMPLE_CONFIG = ROOT / "deploy" / "lync-sensor.example.toml"
+# The site config the issue gives verbatim: it must load unchanged.
+ISSUE_EXAMPLE_TOML = """\
+[sensor]
+id = "sensor-a"
+lake = "/var/lib/lync-sensor/lake"
+
+[topology.roles]            # addresses or CIDRs per Lync role
+front_end = ["10.0.1.10", "10.0.1.11"]
+director = ["10.0.1.30"]
+mediation = ["10.0.1.20"]
+edge_internal = ["10.0.2.10"]
+edge_external = ["203.0.113.10"]
+pstn_gateway = ["10.0.3.5"]
+
+[topology.networks]
+internal = ["10.0.0.0/8"]    # hosts here that hold no role are "client"; outside is "external"
+
+[policy]
+media_encryption_level = "RequireEncryption"   # Set-CsMediaConfiguration -EncryptionLevel
+fips = false
+[policy.gateways."10.0.3.5"]
+transport = "tcp"            # tcp or tls, as defined in Topology Builder
+"""
 
 
 def capture(name: str) -> Path:

@@ -15,32 +15,12 @@ from sensor.config import (
     load_config,
 )
 from sensor.errors import ConfigError
+from tests.conftest import ISSUE_EXAMPLE_TOML
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY_EXAMPLE = REPO / "deploy" / "lync-sensor.example.toml"
 
-EXAMPLE = """\
-[sensor]
-id = "sensor-a"
-lake = "/var/lib/lync-sensor/lake"
-
-[topology.roles]            # addresses or CIDRs per Lync role
-front_end = ["10.0.1.10", "10.0.1.11"]
-director = ["10.0.1.30"]
-mediation = ["10.0.1.20"]
-edge_internal = ["10.0.2.10"]
-edge_external = ["203.0.113.10"]
-pstn_gateway = ["10.0.3.5"]
-
-[topology.networks]
-internal = ["10.0.0.0/8"]    # hosts here that hold no role are "client"; outside is "external"
-
-[policy]
-media_encryption_level = "RequireEncryption"   # Set-CsMediaConfiguration -EncryptionLevel
-fips = false
-[policy.gateways."10.0.3.5"]
-transport = "tcp"            # tcp or tls, as defined in Topology Builder
-"""
+EXAMPLE = ISSUE_EXAMPLE_TOML
 
 
 def write(tmp_path: Path, text: str, name: str = "lync-sensor.toml") -> Path:

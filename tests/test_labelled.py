@@ -10,36 +10,13 @@ import pytest
 from sensor.analyze import Analyzer
 from sensor.config import load_config
 from sensor.synth import build_labelled, write
-from tests.conftest import flows_by_uid
-
-ISSUE_EXAMPLE = """
-[sensor]
-id = "sensor-a"
-lake = "/var/lib/lync-sensor/lake"
-
-[topology.roles]            # addresses or CIDRs per Lync role
-front_end = ["10.0.1.10", "10.0.1.11"]
-director = ["10.0.1.30"]
-mediation = ["10.0.1.20"]
-edge_internal = ["10.0.2.10"]
-edge_external = ["203.0.113.10"]
-pstn_gateway = ["10.0.3.5"]
-
-[topology.networks]
-internal = ["10.0.0.0/8"]    # hosts here that hold no role are "client"; outside is "external"
-
-[policy]
-media_encryption_level = "RequireEncryption"   # Set-CsMediaConfiguration -EncryptionLevel
-fips = false
-[policy.gateways."10.0.3.5"]
-transport = "tcp"            # tcp or tls, as defined in Topology Builder
-"""
+from tests.conftest import ISSUE_EXAMPLE_TOML, flows_by_uid
 
 
 @functools.cache
 def analysed(tmp: Path, fmt: str, link: str) -> list[dict[str, object]]:
     cfg_path = tmp / "site.toml"
-    cfg_path.write_text(ISSUE_EXAMPLE)
+    cfg_path.write_text(ISSUE_EXAMPLE_TOML)
     cap = tmp / f"labelled-{link}.{fmt}"
     write(build_labelled(7), cap, fmt=fmt, link=link)
     return flows_by_uid(Analyzer(load_config(cfg_path, env={})).run([cap]).table)

@@ -73,6 +73,11 @@ class Checker:
         self.rules_path = rules or rules_dir(cfg)
         self.rules, self.load_problems = load_rules(self.rules_path)
 
+    @property
+    def broken_files(self) -> int:
+        """Rule files that could not be loaded (lync_sensor_rule_file_errors)."""
+        return len({p.path for p in self.load_problems})
+
     def _context(self) -> duckdb.DuckDBPyConnection:
         con = context.connect()
         context.register_site(con, self.cfg, self.topology, self.catalogue)
