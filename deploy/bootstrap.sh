@@ -18,6 +18,13 @@ command -v amtool >/dev/null 2>&1 || need="$need prometheus-alertmanager"
 command -v ip >/dev/null 2>&1 || need="$need iproute2"
 command -v tcpreplay >/dev/null 2>&1 || need="$need tcpreplay"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
+# systemd-analyze verifies the shipped unit (the test must not skip on a fresh machine)
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
+# nDPI's ndpiReader is the speed yardstick of `make bench`; ffmpeg encodes the real-codec media corpus
+command -v ndpiReader >/dev/null 2>&1 || need="$need libndpi-bin"
+command -v ffmpeg >/dev/null 2>&1 || need="$need ffmpeg"
+# PostgreSQL (initdb, pg_ctl) for the fleet lake's catalog in the tests
+[ -x /usr/lib/postgresql/15/bin/initdb ] || command -v initdb >/dev/null 2>&1 || need="$need postgresql"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
 if ! python3 -m venv --help >/dev/null 2>&1; then need="$need python3-venv"; fi
 if [ -n "$need" ]; then
