@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print the summary as JSON")
     a.add_argument("--no-rules", action="store_true", help="do not evaluate the rules after the analysis")
     a.add_argument(
+        "--replace",
+        action="store_true",
+        help="the captures are in the lake already: replace their records (else that is refused, exit 2)",
+    )
+    a.add_argument(
         "--serve",
         action="store_true",
         help="serve /metrics (metrics.listen) during and after the analysis, until SIGTERM",
@@ -126,7 +131,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
         server = MetricsServer(metrics.registry, cfg.metrics).start()
         print(f"Serving {server.url}", file=sys.stderr, flush=True)
-    run = analyze_to_lake(cfg, args.captures, metrics=metrics, progress=progress, rules=not args.no_rules)
+    run = analyze_to_lake(
+        cfg, args.captures, metrics=metrics, progress=progress, rules=not args.no_rules, replace=args.replace
+    )
     result, written, report = run.analysis, run.written, run.report
     lake = Path(cfg.sensor.lake)
     for rep in result.captures:
@@ -157,6 +164,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         f"({rate:,.0f} packets/s), {result.fact_packets:,} handed to Wireshark's dissectors."
     )
     print(f"Wrote {result.table.num_rows:,} flow records to {lake}/flows in {len(written)} file(s).")
+    if run.replaced:
+        print(f"Replaced the earlier records of these captures: {run.replaced:,} file(s) removed.")
     print(render(result.table))
     if report is not None:
         from sensor.rules.check import render as render_findings

@@ -1,10 +1,30 @@
-"""The Parquet lake: hive-partitioned tables written atomically (temporary name, then rename)."""
+"""The Parquet lake: hive-partitioned tables; each file claimed under a name no other writer can take.
+
+Guarantees (README, "Reliability"):
+- A file appears whole or not at all: it is written under a hidden temporary name in its partition directory,
+  fsynced, then hard-linked to its final name. `os.link` fails when the name exists, so a writer never
+  replaces a file it did not create; two writers that pick the same sequence number both get a file, one
+  of them under the next number.
+- Temporary names carry the writer's host, pid and process start time. A writer, when it starts, removes
+  the temporary files of writers on this host that are no longer alive (a `kill -9` mid-write), and any
+  temporary file older than an hour whose writer it cannot check (another host, an older layout).
+- Records of an offline analysis carry their source: the digest of the capture files is in the file name
+  (`<sensor>-<seq>.<source>.parquet`) and in the file's key-value metadata, so one source's records can be
+  found and replaced.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import json
 import os
 import re
+import socket
+import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +34,18 @@ import pyarrow.parquet as pq
 
 from sensor.errors import SinkError
 
-_SEQ = re.compile(r"-(\d+)\.parquet$")
+# <sensor>-<seq>[.<source>].parquet; sensor ids hold letters, digits, '.', '_' and '-' (sensor.config)
+_NAME = re.compile(r"^(?P<sensor>.+?)-(?P<seq>\d{6,})(?:\.(?P<source>[0-9a-f]{16}))?\.parquet$")
+# .lake-tmp~<host>~<pid>~<process start ticks>~<random>.tmp
+_TMP = re.compile(r"^\.lake-tmp~(?P<host>[^~]*)~(?P<pid>\d+)~(?P<start>\d+)~[0-9a-f]+\.tmp$")
+_LEGACY_TMP = re.compile(r"^\..+\.parquet\.[0-9a-f]{32}\.tmp$")  # before the pid was in the name
+STALE_UNCHECKABLE_S = 3600.0  # a temporary file no live writer can still be writing (one file takes seconds)
+SOURCE_KEY = b"lync_sensor.source"
+SOURCE_FILES_KEY = b"lync_sensor.source_files"
+_SOURCE_LEN = 16
+_HASH_CHUNK = 1 << 20
+
+_cleaned: set[str] = set()  # lakes this process already swept for stale temporary files
 
 
 @dataclass(frozen=True)
@@ -25,31 +56,146 @@ class Written:
     rows: int
 
 
-class LakeWriter:
-    """Writes tables to <lake>/<table>/date=YYYY-MM-DD/hour=HH/<sensor>-<seq>.parquet.
+@dataclass(frozen=True)
+class Source:
+    """The identity of what an offline run read: a digest of the capture files' contents, and their names."""
 
-    Each file is written under a dot-prefixed temporary name in its partition directory and renamed
-    into place, so a reader (DuckDB's glob) never sees half a file; zstd compression.
+    id: str
+    files: tuple[str, ...]
+
+    @classmethod
+    def of_files(cls, paths: Sequence[Path]) -> Source:
+        """sha256 over the sorted per-file sha256 digests: the same captures give the same source, wherever
+        they lie and in whatever order they are named. A file that cannot be read is left to the reader, which
+        reports it; its name stands in for its content here."""
+        digests = []
+        for p in paths:
+            h = hashlib.sha256()
+            try:
+                with p.open("rb") as fh:
+                    while chunk := fh.read(_HASH_CHUNK):
+                        h.update(chunk)
+            except OSError:
+                h.update(b"unreadable:" + str(p).encode("utf-8", "surrogateescape"))
+            digests.append(h.hexdigest())
+        whole = hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+        return cls(whole[:_SOURCE_LEN], tuple(str(p) for p in paths))
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Start time of a process (clock ticks since boot, /proc/<pid>/stat field 22); None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return 0
+    try:
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return 0
+
+
+def _alive(pid: int, start: int) -> bool:
+    """The process that made a temporary name still runs (same pid *and* start time: pids are reused)."""
+    if Path("/proc/self/stat").exists():
+        now = _start_ticks(pid)
+        return now is not None and (start == 0 or now in (0, start))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def temp_name() -> str:
+    """A temporary file name that says which process made it, so that a later writer can tell it is stale."""
+    pid = os.getpid()
+    return f".lake-tmp~{_host()}~{pid}~{_start_ticks(pid) or 0}~{uuid.uuid4().hex[:12]}.tmp"
+
+
+def clean_stale_temporaries(root: Path, *, now: float | None = None) -> list[Path]:
+    """Remove the temporary files of writers that are gone; returns what was removed."""
+    now = time.time() if now is None else now
+    host = _host()
+    removed: list[Path] = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if not name.endswith(".tmp") or not name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            m = _TMP.match(name)
+            if m and m.group("host") == host:
+                stale = not _alive(int(m.group("pid")), int(m.group("start")))
+            elif m or _LEGACY_TMP.match(name):
+                try:
+                    stale = now - path.stat().st_mtime > STALE_UNCHECKABLE_S
+                except OSError:
+                    continue
+            else:
+                continue
+            if stale:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
+def source_of(path: Path) -> str | None:
+    """The source (capture digest) a lake file's records came from, from its name; None for live/check."""
+    m = _NAME.match(path.name)
+    return m.group("source") if m else None
+
+
+def files_of_source(root: Path, table_name: str, source: str) -> list[Path]:
+    """Every file of a table written from one source."""
+    return sorted((root / table_name).glob(f"date=*/hour=*/*.{source}.parquet"))
+
+
+class LakeWriter:
+    """Writes tables to <lake>/<table>/date=YYYY-MM-DD/hour=HH/<sensor>-<seq>[.<source>].parquet.
+
+    Each file is written under a hidden temporary name in its partition directory and hard-linked to a name
+    that did not exist (the next free sequence number), so a reader (DuckDB's glob) never sees half a file
+    and no writer, in this process or another, ever overwrites another's file; zstd compression.
     """
 
-    def __init__(self, root: Path, sensor_id: str) -> None:
+    def __init__(self, root: Path, sensor_id: str, *, source: Source | None = None) -> None:
         self.root = root
         self.sensor_id = sensor_id
+        self.source = source
+        key = str(root.resolve())
+        if key not in _cleaned and root.is_dir():
+            _cleaned.add(key)
+            clean_stale_temporaries(root)
 
     def _next_seq(self, part: Path) -> int:
         best = -1
-        prefix = f"{self.sensor_id}-"
         for entry in part.iterdir():
-            if entry.name.startswith(prefix):
-                m = _SEQ.search(entry.name)
-                if m:
-                    best = max(best, int(m.group(1)))
+            m = _NAME.match(entry.name)
+            if m and m.group("sensor") == self.sensor_id:
+                best = max(best, int(m.group("seq")))
         return best + 1
+
+    def _name(self, seq: int) -> str:
+        tag = f".{self.source.id}" if self.source is not None else ""
+        return f"{self.sensor_id}-{seq:06d}{tag}.parquet"
 
     def write(self, table_name: str, table: pa.Table, *, ts_column: str = "ts") -> list[Written]:
         """Partition `table` by the UTC date and hour of `ts_column` and commit one file per partition."""
         if table.num_rows == 0:
             return []
+        if self.source is not None:
+            meta = dict(table.schema.metadata or {})
+            meta[SOURCE_KEY] = self.source.id.encode()
+            meta[SOURCE_FILES_KEY] = json.dumps(list(self.source.files)).encode("utf-8", "surrogateescape")
+            table = table.replace_schema_metadata(meta)
         ts = table.column(ts_column)
         days = pc.strftime(ts, format="%Y-%m-%d", locale="C")
         hours = pc.strftime(ts, format="%H", locale="C")
@@ -61,22 +207,105 @@ class LakeWriter:
             out.append(self._commit(table_name, day, hour, part_rows))
         return out
 
+    def _claim(self, part: Path, tmp: Path) -> Path:
+        """Give the written temporary file the next free final name; never replaces an existing file."""
+        seq = self._next_seq(part)
+        while True:
+            final = part / self._name(seq)
+            try:
+                os.link(tmp, final)
+                return final
+            except FileExistsError:
+                seq += 1
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                # no hard links on this filesystem: a random 18-digit sequence number nobody else will pick
+                final = part / self._name(uuid.uuid4().int % 10**18)
+                os.rename(tmp, final)
+                return final
+
     def _commit(self, table_name: str, day: str, hour: str, rows: pa.Table) -> Written:
         part = self.root / table_name / f"date={day}" / f"hour={hour}"
+        tmp = part / temp_name()
         try:
             part.mkdir(parents=True, exist_ok=True)
-            seq = self._next_seq(part)
-            final = part / f"{self.sensor_id}-{seq:06d}.parquet"
-            tmp = part / f".{final.name}.{uuid.uuid4().hex}.tmp"
-            pq.write_table(rows, tmp, compression="zstd")
-            with tmp.open("rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
+            try:
+                pq.write_table(rows, tmp, compression="zstd")
+                with tmp.open("rb") as fh:
+                    os.fsync(fh.fileno())
+                final = self._claim(part, tmp)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            _fsync_dir(part)
         except OSError as exc:
             raise SinkError(
                 f"lake {self.root}: cannot write {table_name} partition {day}/{hour}: {exc.strerror or exc}"
             ) from exc
         return Written(final, rows.num_rows)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_files(paths: Sequence[Path]) -> int:
+    """Delete lake files (the superseded records of a re-analysed source); returns how many were removed."""
+    n = 0
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n
+
+
+@contextlib.contextmanager
+def claim_source(root: Path, source: Source) -> Iterator[None]:
+    """Hold `<lake>/_sources/<source>.lock` while one run writes a source: a second run of the same captures
+    at the same time is refused instead of racing it. A lock left by a dead process is taken over."""
+    locks = root / "_sources"
+    try:
+        locks.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SinkError(f"lake {root}: cannot create {locks}: {exc.strerror or exc}") from exc
+    lock = locks / f"{source.id}.lock"
+    pid = os.getpid()
+    mine = json.dumps({"host": _host(), "pid": pid, "start": _start_ticks(pid) or 0})
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(lock.read_text())
+                host, other, start = str(held["host"]), int(held["pid"]), int(held["start"])
+            except (OSError, ValueError, KeyError, TypeError):
+                host, other, start = _host(), -1, 0
+            if host == _host() and (other < 0 or not _alive(other, start)):
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                continue
+            raise SinkError(
+                f"lake {root}: the same capture(s) are being analysed right now by pid {other} on {host} "
+                f"(lock {lock})"
+            ) from None
+        except OSError as exc:
+            raise SinkError(f"lake {root}: cannot create {lock}: {exc.strerror or exc}") from exc
+        with os.fdopen(fd, "w") as fh:
+            fh.write(mine)
+        break
+    else:
+        raise SinkError(f"lake {root}: cannot take the lock {lock}")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
 
 
 def glob(root: Path, table_name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,18 +11,22 @@ from pathlib import Path
 
 from sensor.analyze import Analysis, Analyzer, ProgressFn
 from sensor.config import Config
-from sensor.lake import LakeWriter, Written
+from sensor.errors import SinkError
+from sensor.lake import LakeWriter, Source, Written, claim_source, files_of_source, remove_files
 from sensor.metrics import SensorMetrics
 from sensor.rules.check import Checker, CheckReport
+from sensor.rules.engine import new_findings
 
 
 @dataclass
 class RunResult:
-    """What one run produced."""
+    """What one run produced (`replaced`: lake files of an earlier analysis of the same captures removed)."""
 
     analysis: Analysis
     written: list[Written]
     report: CheckReport | None
+    source: Source | None = None
+    replaced: int = 0
 
 
 def analyze_to_lake(
@@ -32,21 +37,43 @@ def analyze_to_lake(
     progress: ProgressFn | None = None,
     rules: bool = True,
     now: datetime | None = None,
+    replace: bool = False,
 ) -> RunResult:
-    """Analyse captures, write the flow records, evaluate the rules and write new findings; count it all."""
-    analysis = Analyzer(cfg, progress=progress).run(captures)
+    """Analyse captures, write the flow records, evaluate the rules and write new findings; count it all.
+
+    The records carry the captures' source (their content digest). Captures already in the lake are refused
+    (SinkError, exit 2) unless `replace`: then the new records are written first, and the earlier records of
+    that source (flows, and the findings that analysis wrote) are deleted after them.
+    """
     lake = Path(cfg.sensor.lake)
-    written = LakeWriter(lake, cfg.sensor.id).write("flows", analysis.table)
-    if metrics is not None:
-        metrics.capture_packets.labels("pcap").inc(analysis.packets)
-        metrics.decode_errors.labels("non_ip").inc(analysis.non_ip)
-        metrics.decode_errors.labels("skipped_bytes").inc(sum(c.skipped_bytes for c in analysis.captures))
-        metrics.observe_flows(analysis.table)
-        metrics.last_flush.set(time.time())
-    report = None
-    if rules:
-        checker = Checker(cfg)
-        report = checker.check_table(analysis.table, lake, now=now or datetime.now(UTC))
+    source = Source.of_files(captures)
+    with claim_source(lake, source):
+        old_flows = files_of_source(lake, "flows", source.id)
+        old_findings = files_of_source(lake, "findings", source.id)
+        if (old_flows or old_findings) and not replace:
+            raise SinkError(
+                f"lake {lake}: these capture(s) are in it already (source {source.id}, {len(old_flows)} flow "
+                "file(s)); give --replace to replace their records"
+            )
+        analysis = Analyzer(cfg, progress=progress).run(captures)
+        writer = LakeWriter(lake, cfg.sensor.id, source=source)
+        written = writer.write("flows", analysis.table)
+        new = {w.path for w in written}
+        replaced = remove_files([p for p in old_flows if p not in new])
         if metrics is not None:
-            metrics.observe_evaluation(report.evaluation.results, report.fresh, checker.broken_files, time.time())
-    return RunResult(analysis, written, report)
+            metrics.capture_packets.labels("pcap").inc(analysis.packets)
+            metrics.decode_errors.labels("non_ip").inc(analysis.non_ip)
+            metrics.decode_errors.labels("skipped_bytes").inc(sum(c.skipped_bytes for c in analysis.captures))
+            metrics.observe_flows(analysis.table)
+            metrics.last_flush.set(time.time())
+        report = None
+        if rules:
+            # this source's findings go with its flows; findings other runs wrote stay (`check` adds no duplicates)
+            replaced += remove_files(old_findings)
+            checker = Checker(cfg)
+            report = checker.check_table(analysis.table, lake, now=now or datetime.now(UTC), store=False)
+            fresh = new_findings(lake, report.evaluation.findings)
+            report = dataclasses.replace(report, fresh=fresh, written=writer.write("findings", fresh))
+            if metrics is not None:
+                metrics.observe_evaluation(report.evaluation.results, report.fresh, checker.broken_files, time.time())
+    return RunResult(analysis, written, report, source, replaced)
