@@ -118,6 +118,7 @@ def process(  # type: ignore[no-untyped-def]
     fs,
     fu,
     nib,
+    pstats,
     state,
     rec,
     fact_mask,
@@ -293,6 +294,7 @@ def process(  # type: ignore[no-untyped-def]
             else:
                 fu[f, U_PT_HI] |= np.uint64(1) << np.uint64(pt - 64)
             hl = rtp.rtp_header_len(buf, poff, plen)
+            rtp.observe_payload(buf, poff, plen, hl, pt, d, ts, pstats, f)
             unit = frame_unit[pt]
             if hl > 0 and unit > 0:
                 body = plen - hl
@@ -388,6 +390,7 @@ class FlowTable:
         self.fs = np.zeros((4096, NFS), np.int64)
         self.fu = np.zeros((4096, NFU), np.uint64)
         self.nib = np.zeros((4096, 16), np.int64)
+        self.pstats = np.zeros((4096, rtp.NPS), np.int64)
         self.rec = np.zeros((8192, NREC), np.int64)
         self.state = np.zeros(5, np.int64)
         self._facts_buf: FactPackets | None = None
@@ -426,6 +429,7 @@ class FlowTable:
                 self.fs,
                 self.fu,
                 self.nib,
+                self.pstats,
                 self.state,
                 self.rec,
                 facts.mask,
@@ -450,6 +454,7 @@ class FlowTable:
                 self.fs = _grow(self.fs, rows)  # type: ignore[assignment]
                 self.fu = _grow(self.fu, rows)  # type: ignore[assignment]
                 self.nib = _grow(self.nib, rows)  # type: ignore[assignment]
+                self.pstats = _grow(self.pstats, rows)  # type: ignore[assignment]
             else:
                 self._rehash(self.ht_keys.shape[0] * 2)
 
@@ -514,6 +519,7 @@ class FlowTable:
         self.fs = _grow(fs, rows)  # type: ignore[assignment]
         self.fu = _grow(fu, rows)  # type: ignore[assignment]
         self.nib = _grow(nib, rows)  # type: ignore[assignment]
+        self.pstats = _grow(self.pstats[keep], rows)  # type: ignore[assignment]
         live = self.ht_keys != 0
         keys, vals = self.ht_keys[live], self.ht_vals[live]
         mapped = remap[vals]
@@ -547,6 +553,7 @@ class FlowTable:
             rtcp_plain=int(row[F_RTCP_PLAIN]),
             rtcp_srtcp=int(row[F_RTCP_SRTCP]),
             payload_types=pts,
+            payload=tuple(int(x) for x in self.pstats[f]),
         )
 
 
