@@ -19,6 +19,15 @@ def redact_path(uri: str, *, redact_query: bool = True) -> str:
     return uri
 
 
+@dataclass(frozen=True)
+class HttpRequest:
+    """One request: method, path through redact_path (never the raw query string) and Host."""
+
+    method: str
+    path: str
+    host: str | None
+
+
 @dataclass
 class HttpFacts:
     """Plaintext HTTP requests seen on one flow."""
@@ -28,6 +37,28 @@ class HttpFacts:
     method: str | None = None
     host: str | None = None
     paths: list[str] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    # Native path: requests of the reassembled TCP prefix (replaced at each re-parse) and the others.
+    stream_requests: list[HttpRequest] = field(default_factory=list)
+    other_requests: list[HttpRequest] = field(default_factory=list)
+
+    def set_stream(self, requests: list[HttpRequest], statuses: list[int]) -> None:
+        """The reassembled prefix was (re-)parsed: its requests replace the previous parse's."""
+        self.stream_requests = requests
+        self.statuses = statuses
+        self._refresh()
+
+    def add_request(self, req: HttpRequest) -> None:
+        """One request outside the prefix (a later segment of a long-lived connection)."""
+        self.other_requests.append(req)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        reqs = self.stream_requests + self.other_requests
+        self.requests = len(reqs)
+        self.method = reqs[0].method if reqs else None
+        self.host = reqs[0].host if reqs else None
+        self.paths = list(dict.fromkeys(r.path for r in reqs))
 
     def observe(self, p: DissectedPacket, direction: int) -> None:
         methods = p.get("http.request.method")

@@ -17,6 +17,32 @@ class SdpMedia:
     crypto: bool
     encryption: str | None
     is_answer: bool
+    # Filled by the native parser (sensor.facts.sip), so offer and answer can be paired per call.
+    call_id: str | None = None
+    cseq: int | None = None
+    method: str | None = None  # request method, or the CSeq method of a response
+    status: int | None = None
+    ts_ns: int = 0
+    rtcp_port: int | None = None
+    rtcp_address: str | None = None
+    rtcp_mux: bool = False
+    media: str | None = None  # m= media type: audio, video, application ...
+    crypto_suites: tuple[str, ...] = ()  # a=crypto suite names only: the inline key is a secret
+
+
+@dataclass(frozen=True)
+class SipMessage:
+    """One SIP message as the native parser read it (no URIs, no numbers)."""
+
+    method: str | None
+    status: int | None
+    call_id: str | None
+    cseq: int | None
+    cseq_method: str | None
+    content_type: str | None
+    content_length: int | None
+    media: tuple[SdpMedia, ...]
+    ts_ns: int
 
 
 @dataclass
@@ -27,6 +53,31 @@ class SipFacts:
     methods: set[str] = field(default_factory=set)
     status_codes: set[int] = field(default_factory=set)
     media: list[SdpMedia] = field(default_factory=list)
+    # Native path: messages of the reassembled TCP prefix (replaced at each re-parse) and the others.
+    stream_messages: list[SipMessage] = field(default_factory=list)
+    other_messages: list[SipMessage] = field(default_factory=list)
+
+    def set_stream(self, msgs: list[SipMessage]) -> None:
+        """The reassembled prefix was (re-)parsed: its messages replace the previous parse's."""
+        self.stream_messages = msgs
+        self._refresh()
+
+    def add_message(self, msg: SipMessage) -> None:
+        """One SIP message outside the prefix: a UDP datagram, or a TCP segment past the prefix."""
+        self.other_messages.append(msg)
+        self.messages += 1
+        if msg.method:
+            self.methods.add(msg.method)
+        if msg.status is not None:
+            self.status_codes.add(msg.status)
+        self.media.extend(msg.media)
+
+    def _refresh(self) -> None:
+        msgs = self.stream_messages + self.other_messages
+        self.messages = len(msgs)
+        self.methods = {m.method for m in msgs if m.method}
+        self.status_codes = {m.status for m in msgs if m.status is not None}
+        self.media = [md for m in msgs for md in m.media]
 
     def observe(self, p: DissectedPacket, direction: int) -> None:
         requests = p.get("sip.Method")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sensor.dissect import DissectedPacket
 
@@ -18,6 +18,27 @@ class StunFacts:
     messages: int = 0
     ms_turn: bool = False
     classic: int = 0
+    # Native path: (messages, classic, ms_turn) of the reassembled TCP prefix, replaced at each re-parse,
+    # and of everything else (UDP datagrams).
+    stream: tuple[int, int, bool] = (0, 0, False)
+    other: list[int] = field(default_factory=lambda: [0, 0, 0])
+    types: set[int] = field(default_factory=set)  # message types seen (native path)
+    attributes: set[int] = field(default_factory=set)  # attribute types seen (native path)
+
+    def set_stream(self, messages: int, classic: int, ms_turn: bool) -> None:
+        self.stream = (messages, classic, ms_turn)
+        self._refresh()
+
+    def add(self, messages: int, classic: int, ms_turn: bool) -> None:
+        self.other[0] += messages
+        self.other[1] += classic
+        self.other[2] |= ms_turn
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.messages = self.stream[0] + self.other[0]
+        self.classic = self.stream[1] + self.other[1]
+        self.ms_turn = self.stream[2] or bool(self.other[2])
 
     def observe(self, p: DissectedPacket, direction: int) -> None:
         types = p.get("stun.type")

@@ -53,6 +53,17 @@ class TlsFacts:
     alert: str | None = None
     cert_names: list[str] = field(default_factory=list)
     server_hello_done_with_hello: bool = False
+    # Filled only by the native stream parser (sensor.facts.tls); they let columns() say "unknown" (null)
+    # where the Wireshark path, which sees selected packets only, has to say false.
+    native: bool = False
+    client_hello_seen: bool = False
+    server_hello_seen: bool = False
+    server_flight_done: bool = False  # ServerHelloDone, or the flight ended in ChangeCipherSpec (resumption)
+    hello_retry: bool = False  # TLS 1.3 HelloRetryRequest
+    client_ccs: bool = False
+    server_ccs: bool = False
+    client_app_data: bool = False
+    server_app_data: bool = False
 
     def observe(self, p: DissectedPacket, direction: int) -> None:
         types = [t for t in (_int(v) for v in p.get("tls.handshake.type")) if t is not None]
@@ -134,6 +145,27 @@ class TlsFacts:
         )
 
     def columns(self) -> dict[str, object]:
+        cols = self._columns()
+        if self.native:
+            cols.update(self._native_nulls())
+        return cols
+
+    def _native_nulls(self) -> dict[str, object]:
+        """Unknown is not false: what the reassembled bytes could not show becomes null."""
+        tls13 = self.server_version is not None and self.server_version >= 0x0304 and not self.sslv2_server_hello
+        out: dict[str, object] = {}
+        if not self.cert_requested:
+            # False only when the server's flight is visibly complete without one; TLS 1.3 encrypts it.
+            out["tls_cert_requested"] = False if self.server_flight_done and not tls13 else None
+        if self.server_certs is None:
+            out["tls_server_cert"] = False if self.server_flight_done and not tls13 else None
+        if not self.server_hello_seen and not self.sslv2_server_hello:
+            out["tls_resumed"] = None
+        if not self.client_hello_seen:
+            out["tls_sslv2_hello"] = None
+        return out
+
+    def _columns(self) -> dict[str, object]:
         version = tls_version_name(self.server_version) if self.server_version is not None else None
         pseudo = self.pseudo
         client_cert: bool | None = None

@@ -1,0 +1,109 @@
+"""Everything known about one flow's handshakes and signalling: from Wireshark's dissected packets, or
+from the native parsers over reassembled TCP bytes and UDP datagrams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sensor.dissect import DissectedPacket
+from sensor.facts import dtls, http, sip, stun, tls
+from sensor.http import HttpFacts
+from sensor.sip import SipFacts
+from sensor.stun import StunFacts
+from sensor.tls import TlsFacts
+
+
+@dataclass
+class FlowFacts:
+    """Everything the dissectors (Wireshark's, or the native parsers) told us about one flow."""
+
+    tls: TlsFacts = field(default_factory=TlsFacts)
+    sip: SipFacts = field(default_factory=SipFacts)
+    http: HttpFacts = field(default_factory=HttpFacts)
+    stun: StunFacts = field(default_factory=StunFacts)
+    dtls_srtp: bool = False
+
+    # ---- Wireshark path (--dissector wireshark) --------------------------------------------------
+    def observe(self, p: DissectedPacket, direction: int) -> None:
+        if p.has("tls"):
+            self.tls.observe(p, direction)
+        if p.has("sip"):
+            self.sip.observe(p, direction)
+        if p.has("http"):
+            self.http.observe(p, direction)
+        if p.has("stun") or p.has("classicstun"):
+            self.stun.observe(p, direction)
+        if any("use_srtp" in k for k in p.fields):
+            self.dtls_srtp = True
+
+    # ---- native path -----------------------------------------------------------------------------
+    def observe_streams(
+        self,
+        client: bytes,
+        server: bytes,
+        *,
+        client_from_start: bool,
+        server_from_start: bool,
+        client_complete: bool,
+        server_complete: bool,
+        ts_ns: int,
+    ) -> None:
+        """A TCP flow's reassembled prefix per direction (client = originator). Called again with longer
+        bytes, it recomputes every stream-derived fact, so nothing is counted twice.
+
+        A prefix picked up mid-stream is read only when a record or message starts at its first byte;
+        facts that need bytes past a hole or the cap stay unknown (the parsers conclude "absent" only
+        from bytes they saw, so completeness needs no test of its own here)."""
+        if tls.starts_tls(client) or tls.starts_tls(server):
+            facts, c_end, s_end = tls.parse_streams(client, server)
+            self.tls = facts
+            if facts.pseudo:  # MS-TURN continues in clear after the pseudo-TLS hellos ([MS-TURN] §2.1.1)
+                self._stun_stream(client, c_end, server, s_end)
+            return
+        if sip.starts_sip(client) or sip.starts_sip(server):
+            self.sip.set_stream(sip.parse_stream(client, ts_ns) + sip.parse_stream(server, ts_ns))
+            return
+        if http.starts_request(client) or http.starts_response(server):
+            rq = self.http.redact_query
+            self.http.set_stream(http.parse_requests(client, redact_query=rq), http.parse_statuses(server))
+            return
+        if stun.starts_stun_stream(client) or stun.starts_stun_stream(server):
+            self._stun_stream(client, 0, server, 0)
+
+    def _stun_stream(self, client: bytes, c_pos: int, server: bytes, s_pos: int) -> None:
+        a = stun.parse_stream(client, c_pos, self.stun.types, self.stun.attributes)
+        b = stun.parse_stream(server, s_pos, self.stun.types, self.stun.attributes)
+        self.stun.set_stream(a.messages + b.messages, a.classic + b.classic, a.ms_turn or b.ms_turn)
+
+    def observe_datagram(self, payload: bytes, direction: int, ts_ns: int) -> None:
+        """One UDP payload (IP-reassembled): STUN / classic STUN / MS-TURN, DTLS, or one SIP message."""
+        if not payload:
+            return
+        b0 = payload[0]
+        if b0 < 4:
+            t = stun.parse_datagram(payload, self.stun.types, self.stun.attributes)
+            if t.messages:
+                self.stun.add(t.messages, t.classic, t.ms_turn)
+            return
+        if 20 <= b0 <= 63:
+            if dtls.is_dtls(payload) and dtls.uses_srtp(payload):
+                self.dtls_srtp = True
+            return
+        if sip.starts_sip(payload):
+            msg, _ = sip.parse_message(payload, 0, ts_ns, stream=False)
+            if msg is not None:
+                self.sip.add_message(msg)
+
+    def observe_message(self, payload: bytes, direction: int, ts_ns: int) -> None:
+        """A TCP segment past the reassembled prefix that starts with a SIP or HTTP first line."""
+        if sip.starts_sip(payload):
+            msgs = sip.parse_stream(payload, ts_ns)
+            if not msgs:  # headers cut by the segment's end: the start line still counts
+                one, _ = sip.parse_message(payload, 0, ts_ns, stream=False)
+                msgs = [one] if one is not None else []
+            for msg in msgs:
+                self.sip.add_message(msg)
+        elif direction == 0 and http.starts_request(payload):
+            req = http.parse_request(payload, redact_query=self.http.redact_query)
+            if req is not None:
+                self.http.add_request(req)

@@ -1,0 +1,104 @@
+"""STUN (RFC 5389), classic STUN (RFC 3489) and MS-TURN messages from raw bytes, incl. TCP framing.
+
+A STUN message is a 20-byte header (type, length, magic cookie or the first 4 bytes of an RFC 3489
+transaction id, transaction id) and TLV attributes padded to 4 bytes. [MS-TURN] §2.1.4 frames every
+message on TCP as type (0x02 control, 0x03 end-to-end data), a reserved 0, and a 2-byte length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sensor.stun import MS_TURN_ATTRIBUTES
+
+MAGIC_COOKIE = b"\x21\x12\xa4\x42"
+# RFC 3489 / [MS-TURN] message types: Binding, Shared Secret, Allocate, Send, Data indication, Set Active
+# Destination and their answers (the same table the fast path classifies by, sensor/packets.py).
+LEGACY_TYPES = frozenset(
+    {0x0001, 0x0101, 0x0111, 0x0002, 0x0102, 0x0112, 0x0003, 0x0103, 0x0113, 0x0004, 0x0104, 0x0114}
+    | {0x0115, 0x0006, 0x0106, 0x0116, 0x0117}
+)
+FRAME_CONTROL, FRAME_DATA = 0x02, 0x03
+
+
+@dataclass
+class StunTally:
+    """What a run of STUN messages showed."""
+
+    messages: int = 0
+    classic: int = 0
+    ms_turn: bool = False
+
+
+def message_at(data: bytes, pos: int, end: int, tally: StunTally, types: set[int], attrs: set[int]) -> int:
+    """Read the STUN message at data[pos:end]; returns the offset after it, or -1 when none is there."""
+    if end - pos < 20 or data[pos] & 0xC0:
+        return -1
+    mtype = (data[pos] << 8) | data[pos + 1]
+    mlen = (data[pos + 2] << 8) | data[pos + 3]
+    stop = pos + 20 + mlen
+    if stop > end:
+        return -1
+    modern = data[pos + 4 : pos + 8] == MAGIC_COOKIE
+    if modern:
+        if mlen & 3:
+            return -1
+    elif mtype not in LEGACY_TYPES:
+        return -1
+    a = pos + 20
+    seen: list[int] = []
+    while a + 4 <= stop:
+        at = (data[a] << 8) | data[a + 1]
+        alen = (data[a + 2] << 8) | data[a + 3]
+        seen.append(at)
+        a += 4 + ((alen + 3) & ~3)
+    tally.messages += 1
+    if not modern:
+        tally.classic += 1
+    types.add(mtype)
+    attrs.update(seen)
+    if not MS_TURN_ATTRIBUTES.isdisjoint(seen):
+        tally.ms_turn = True
+    return stop
+
+
+def parse_datagram(data: bytes, types: set[int], attrs: set[int]) -> StunTally:
+    """One UDP payload: one STUN message filling the datagram (RFC 5389 §7.3; RFC 3489 §11.1)."""
+    tally = StunTally()
+    n = len(data)
+    if n >= 20 and 20 + ((data[2] << 8) | data[3]) == n:
+        message_at(data, 0, n, tally, types, attrs)
+    return tally
+
+
+def starts_stun_stream(data: bytes) -> bool:
+    """Framed MS-TURN, or an RFC 5389 message with the cookie, at the start of a TCP direction."""
+    if len(data) >= 4 and data[0] in (FRAME_CONTROL, FRAME_DATA) and data[1] == 0:
+        return len(data) < 24 or not data[4] & 0xC0
+    return len(data) >= 8 and not data[0] & 0xC0 and data[4:8] == MAGIC_COOKIE
+
+
+def parse_stream(data: bytes, pos: int, types: set[int], attrs: set[int]) -> StunTally:
+    """STUN over TCP from pos on: [MS-TURN] framed messages, or RFC 5389/6062 messages and ChannelData."""
+    tally = StunTally()
+    n = len(data)
+    while pos + 4 <= n:
+        b0 = data[pos]
+        ln = (data[pos + 2] << 8) | data[pos + 3]
+        if b0 in (FRAME_CONTROL, FRAME_DATA) and data[pos + 1] == 0:
+            control = b0 == FRAME_CONTROL
+            if (
+                control
+                and message_at(data, pos + 4, min(n, pos + 4 + ln), tally, types, attrs) < 0
+                and pos + 4 + ln <= n
+            ):
+                break
+            pos += 4 + ln
+        elif 0x40 <= b0 <= 0x7F:  # TURN ChannelData (RFC 5766 §11.5): padded to 4 bytes over TCP
+            pos += 4 + ((ln + 3) & ~3)
+        else:
+            nxt = message_at(data, pos, n, tally, types, attrs)
+            if nxt < 0:
+                break
+            pos = nxt
+    return tally
