@@ -18,8 +18,9 @@ import pytest
 from sensor.analyze import Analyzer
 from sensor.config import Config, load_config
 from sensor.rules.check import Checker, CheckReport
+from sensor.schema import FLOW_SCHEMA
 from sensor.synth import FlowLabel, Scenario, build_labelled, write
-from sensor.synth.rule_cases import build_rule_cases
+from sensor.synth.rule_cases import RULE_CASE_ROLES, build_rule_cases, flow_record
 
 SITE = """
 [sensor]
@@ -287,3 +288,87 @@ def test_findings_carry_evidence_requirement_and_source(pipeline: Pipeline, capt
         evidence = str(f["evidence"])
         assert f"{f['orig_h']}:{f['orig_p']} -> " in evidence, evidence
         assert f"{f['resp_h']}:{f['resp_p']}/{f['proto']}" in evidence, evidence
+
+
+# --- (e) flow records written with the schema: unknown is not false, E2 on every TCP trunk, the Edge per service ---
+
+PARTNER = "198.51.100.50"
+ACCESS, WEBCONF = "203.0.113.12", "203.0.113.13"  # an Edge with one external address per service
+HELLO = {"app": "tls", "orig_first_byte": 22, "tls_version": "TLSv12", "tls_server_cert": True}
+UNSEEN = {**HELLO, "tls_cert_requested": True, "tls_client_cert": None}  # the client's answer was not captured
+EMPTY = {**HELLO, "tls_cert_requested": True, "tls_client_cert": False}  # the client's Certificate was empty
+PLAIN_SIP = {"orig_first_byte": 0x49, "sip_plain": True, "sip_messages": 3, "sip_methods": ["INVITE", "ACK"]}
+MEDIATION_H, FE2_H = RULE_CASE_ROLES["mediation"][0], RULE_CASE_ROLES["front_end"][1]
+EDGE_H, AV_H = RULE_CASE_ROLES["edge_external"][0], RULE_CASE_ROLES["edge_external_av"][0]
+TCP_GW, E911_GW, TLS_GW = RULE_CASE_ROLES["pstn_gateway"][0], RULE_CASE_ROLES["e911_gateway"][0], "10.0.3.7"
+
+ROW_CASES: list[tuple[str, dict[str, object], dict[str, str], str]] = [
+    # (id, flow record, {rule: severity} on it (other rules may name it too), evidence words)
+    ("R1-unseen-client-cert", flow_record(("10.0.1.10", 50001), (FE2_H, 5061), **UNSEEN), {"R1": "warning"},
+     "Certificate message was not seen"),
+    ("R1-empty-client-cert", flow_record(("10.0.1.10", 50002), (FE2_H, 5061), **EMPTY), {"R1": "violation"},
+     "answered with no certificate"),
+    ("R4-unseen-client-cert", flow_record((PARTNER, 50003), (EDGE_H, 5061), **UNSEEN), {"R4": "warning"},
+     "Certificate message was not seen"),
+    ("R4-empty-client-cert", flow_record((PARTNER, 50004), (EDGE_H, 5061), **EMPTY), {"R4": "violation"},
+     "without a client certificate"),
+    ("R8b-unseen-client-cert", flow_record((MEDIATION_H, 50005), (TLS_GW, 5067), **UNSEEN), {"R8": "warning"},
+     "Certificate message was not seen"),
+    ("R8b-empty-client-cert", flow_record((MEDIATION_H, 50006), (TLS_GW, 5067), **EMPTY), {"R8": "violation"},
+     "without a client certificate"),
+    ("R2-mediation-e911-tcp", flow_record((MEDIATION_H, 50007), (E911_GW, 5066), **PLAIN_SIP),
+     {"R2": "warning", "R8": "warning"}, "E9-1-1 gateway (E2"),
+    ("R2-mediation-e911-5068", flow_record((E911_GW, 50008), (MEDIATION_H, 5068), **PLAIN_SIP),
+     {"R2": "warning", "R8": "warning"}, "E9-1-1 gateway (E2"),
+    ("R2-sba-gateway-tcp", flow_record(("10.0.1.50", 50009), (TCP_GW, 5066), orig_role="sba", **PLAIN_SIP),
+     {"R2": "warning", "R8": "warning"}, "Mediation-gateway trunk (E2"),
+    ("R2-fe-e911-tcp-5066", flow_record(("10.0.1.10", 50010), (E911_GW, 5066), **PLAIN_SIP),
+     {"R2": "warning", "R8": "warning"}, "E3"),
+    ("R2-mediation-tls-trunk", flow_record((MEDIATION_H, 50011), (TLS_GW, 5067), **PLAIN_SIP),
+     {"R2": "violation", "R8": "violation"}, "defined with TLS"),
+    ("R12-smtp-from-media-range", flow_record((EDGE_H, 50012), (PARTNER, 25)), {"R12": "warning"},
+     "undocumented outbound destination"),
+    ("R12-smtp-from-61000", flow_record((EDGE_H, 61000), (PARTNER, 25)), {"R12": "warning"},
+     "undocumented outbound destination"),
+    ("R12-av-smtp-from-media-range", flow_record((AV_H, 50013), (PARTNER, 25)), {"R12": "warning"}, "A/V Edge"),
+    ("R12-av-to-partner-443", flow_record((AV_H, 50014), (PARTNER, 443)), {}, ""),
+    ("R12-av-to-partner-3478", flow_record((AV_H, 50015), (PARTNER, 3478), "udp"), {}, ""),
+    ("R12-av-443-from-ephemeral", flow_record((AV_H, 61001), (PARTNER, 443)), {"R12": "warning"}, "from port 61001"),
+    ("R12-crl-fetch", flow_record((EDGE_H, 61002), (PARTNER, 80)), {}, ""),
+    ("R12-webconf-5061", flow_record((PARTNER, 50016), (WEBCONF, 5061), resp_role="edge_external_webconf"),
+     {"R12": "warning"}, "Web Conferencing Edge external interface: tcp 5061"),
+    ("R12-av-5269", flow_record((PARTNER, 50017), (AV_H, 5269)), {"R12": "warning"},
+     "A/V Edge external interface: tcp 5269"),
+    ("R12-access-udp-media", flow_record((PARTNER, 50018), (ACCESS, 50020), "udp", resp_role="edge_external_access"),
+     {"R12": "warning"}, "Access Edge external interface: udp 50020"),
+    ("R12-access-5061", flow_record((PARTNER, 50019), (ACCESS, 5061), resp_role="edge_external_access"), {}, ""),
+    ("R12-webconf-443", flow_record((PARTNER, 50021), (WEBCONF, 443), resp_role="edge_external_webconf"), {}, ""),
+    ("R12-av-3478", flow_record((PARTNER, 50022), (AV_H, 3478), "udp"), {}, ""),
+    ("R12-shared-5269", flow_record((PARTNER, 50023), (EDGE_H, 5269)), {}, ""),
+    ("R12-shared-udp-media", flow_record((PARTNER, 50024), (EDGE_H, 50030), "udp"), {"R12": "info"}, "OCS 2007"),
+    ("R8a-weak-plain-rtp", flow_record((MEDIATION_H, 49170), (FE2_H, 50400), "udp", app="rtp", media_encrypted=False,
+                                       media_confidence=0.5, orig_pkts=3, resp_pkts=3), {"R8": "warning"},
+     "below the evidence bar"),
+    ("R8a-strong-plain-rtp", flow_record((MEDIATION_H, 49172), (FE2_H, 50402), "udp", app="rtp", media_encrypted=False,
+                                         media_confidence=0.9, orig_pkts=300, resp_pkts=300), {"R8": "violation"},
+     "unencrypted media"),
+    ("R7-weak-plain-rtp", flow_record(("10.0.5.1", 50050), ("10.0.5.2", 50060), "udp", app="rtp",
+                                      media_encrypted=False, media_confidence=0.5, orig_pkts=3, resp_pkts=3),
+     {"R7": "warning"}, "unencrypted rtp"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def row_report(pipeline: Pipeline) -> CheckReport:
+    table = pa.Table.from_pylist([row for _, row, _, _ in ROW_CASES], schema=FLOW_SCHEMA)
+    return Checker(pipeline.config()).check_table(table, pipeline.root / "lake", now=NOW, store=False)
+
+
+@pytest.mark.parametrize(("row", "want", "words"), [c[1:] for c in ROW_CASES], ids=[c[0] for c in ROW_CASES])
+def test_rule_on_flow_record(row_report: CheckReport, row: dict[str, object], want: dict[str, str], words: str) -> None:
+    assert not row_report.evaluation.problems
+    found = [f for f in row_report.evaluation.findings.to_pylist() if f["uid"] == row["uid"]]
+    judged = {str(f["rule_id"]): str(f["severity"]) for f in found if f["rule_id"] in want or f["rule_id"] == "R12"}
+    assert judged == want, [f["evidence"] for f in found]
+    if words:
+        assert any(words in str(f["evidence"]) for f in found if f["rule_id"] in want), [f["evidence"] for f in found]

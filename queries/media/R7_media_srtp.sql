@@ -5,9 +5,9 @@
 --   -EncryptionLevel "RequireEncryption - SRTP must be negotiated. ... Default: RequireEncryption".
 -- source: [ENC]; [MEDIA]
 -- description: Media-shaped flows (RTP/RTCP found by shape on any UDP port) that the sensor judged
---   unencrypted. Violation when the verdict has confidence >= 0.8 (independent plain-RTP indicators: SDP,
---   RTCP chain, codec frame length, G.711 byte structure) and the flow has at least 10 packets; warning when
---   weaker. Warning instead of violation when the site declares SupportEncryption/DoNotSupportEncryption
+--   unencrypted. Violation when the verdict passes the evidence bar R8(a) uses too (plain_media_convicts:
+--   confidence >= 0.8 from independent plain-RTP indicators: SDP, RTCP chain, codec frame length, G.711
+--   byte structure; and at least 10 packets); warning when weaker or unknown. Warning instead of violation when the site declares SupportEncryption/DoNotSupportEncryption
 --   (X3). Flows with a Mediation Server or a gateway are judged by R8 (X1, media bypass). Media whose
 --   protection cannot be told (media_encrypted null) is not judged.
 WITH m AS (
@@ -18,10 +18,10 @@ WITH m AS (
 )
 SELECT uid,
        CASE WHEN level <> 'RequireEncryption' THEN 'warning'
-            WHEN media_confidence >= 0.8 AND orig_pkts + resp_pkts >= 10 THEN 'violation'
+            WHEN plain_media_convicts(media_confidence, orig_pkts + resp_pkts) THEN 'violation'
             ELSE 'warning' END AS severity,
-       format('unencrypted {} ({} packets, confidence {}); evidence: {}{} [{}]', app, orig_pkts + resp_pkts,
-              printf('%.2f', media_confidence), txt(array_to_string(media_evidence, '; ')),
+       format('unencrypted {} ({} packets, confidence {}); evidence: {}{} [{}]', app, txt(orig_pkts + resp_pkts),
+              txt(printf('%.2f', media_confidence)), txt(array_to_string(media_evidence, '; ')),
               CASE WHEN level <> 'RequireEncryption'
                    THEN format('; site EncryptionLevel {} is weaker than the default RequireEncryption (X3)', level)
                    ELSE '' END,

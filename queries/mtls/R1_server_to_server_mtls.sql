@@ -7,9 +7,11 @@
 -- source: [ENC]; [TLS-MTLS]; [PORTS]; [EDGE]
 -- description: TCP flows between two hosts of the server set (Front End, Director, Mediation, Edge, ...).
 --   Violation: cleartext on the link (the originator's first payload byte is not a TLS record), or the
---   server requested a certificate and the client answered without one, on a port a doc labels MTLS.
---   Warning: the same on a port the docs label only TCP/HTTPS (MTLS* [inference]); and "unknown" when no
---   certificate exchange is visible in an otherwise normal TLS session (reference §8.10: Schannel may ask
+--   server requested a certificate and the client visibly answered without one (tls_client_cert = false),
+--   on a port a doc labels MTLS. Warning: the same on a port the docs label only TCP/HTTPS (MTLS*
+--   [inference]); and "unknown" when the certificate exchange is not visible: a CertificateRequest whose
+--   answer was not captured (tls_client_cert null: capture loss, a one-way SPAN, a log without the client
+--   chain), or no CertificateRequest in an otherwise normal TLS session (reference §8.10: Schannel may ask
 --   in an encrypted renegotiation; TLS 1.3 encrypts it). Resumed sessions are info. The exceptions E1 and
 --   E2 involve trusted applications and gateways, which are not in the server set.
 WITH scope AS (
@@ -27,7 +29,7 @@ WITH scope AS (
 SELECT uid,
        CASE
            WHEN plaintext_start(orig_first_byte, tls_sslv2_hello) THEN 'violation'
-           WHEN tls_cert_requested AND tls_client_cert IS DISTINCT FROM true
+           WHEN tls_cert_requested AND tls_client_cert = false
                THEN CASE WHEN mtls_label = 2 THEN 'violation' ELSE 'warning' END
            WHEN tls_resumed THEN 'info'
            ELSE 'warning'
@@ -38,7 +40,8 @@ SELECT uid,
                            printf('%02X', orig_first_byte), txt(app))
            WHEN tls_cert_requested AND tls_client_cert = false
                THEN 'server sent CertificateRequest; the client answered with no certificate (not mutual TLS)'
-           WHEN tls_cert_requested THEN 'server sent CertificateRequest; no client certificate seen'
+           WHEN tls_cert_requested
+               THEN 'unknown: server sent CertificateRequest; the client''s Certificate message was not seen (capture loss, one-way capture, or a log without the client chain)'
            WHEN tls_version = 'TLSv13' THEN 'unknown: TLS 1.3 encrypts the certificate exchange'
            WHEN tls_resumed THEN 'unknown: resumed session, no certificate exchange on the wire'
            ELSE 'unknown: no CertificateRequest in the visible handshake (it may come in an encrypted renegotiation, reference 8.10)'

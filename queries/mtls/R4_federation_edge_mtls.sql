@@ -6,15 +6,19 @@
 --   MTLS/SIP/TCP 5061."
 -- source: [EDGE]; [FED]
 -- description: TCP 5061 to or from an Edge external address. Violation: cleartext SIP, or a
---   CertificateRequest answered without a client certificate. Warning: no certificate exchange visible
---   (unknown, reference 8.10).
+--   CertificateRequest visibly answered without a client certificate (tls_client_cert = false). Warning
+--   (unknown, reference 8.10): a CertificateRequest whose answer was not captured (tls_client_cert null),
+--   or no certificate exchange visible.
 SELECT uid,
        CASE WHEN plaintext_start(orig_first_byte, tls_sslv2_hello) OR sip_plain THEN 'violation'
-            WHEN tls_cert_requested THEN 'violation'
+            WHEN tls_cert_requested AND tls_client_cert = false THEN 'violation'
             ELSE 'warning' END AS severity,
        CASE WHEN plaintext_start(orig_first_byte, tls_sslv2_hello) OR sip_plain
                 THEN format('cleartext SIP on the federation port ({} messages)', txt(sip_messages))
-            WHEN tls_cert_requested THEN 'CertificateRequest answered without a client certificate'
+            WHEN tls_cert_requested AND tls_client_cert = false
+                THEN 'CertificateRequest answered without a client certificate'
+            WHEN tls_cert_requested
+                THEN 'unknown: server sent CertificateRequest; the client''s Certificate message was not seen (capture loss, one-way capture, or a log without the client chain)'
             ELSE 'unknown: no certificate exchange visible' END
            || format(' [{}; {}]', conn(orig_role, orig_h, orig_p, resp_role, resp_h, resp_p, proto), txt(tls_version))
            AS evidence

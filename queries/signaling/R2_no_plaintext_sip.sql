@@ -6,10 +6,11 @@
 --   "TLS is optional but strongly recommended between the Mediation Server and media gateway."
 -- source: [TLS-MTLS]; [ENC]; [PORTS]; [GW]
 -- description: Any flow carrying a cleartext SIP request or status line, TCP or UDP, any port. Violation,
---   except: E1 Front End/Director <-> a configured trusted application on its port (no finding); E2
---   Mediation/SBA (or a Front End with a collocated Mediation Server) <-> PSTN gateway on TCP: warning,
---   violation when the gateway is defined with TLS; E3 Front End -> E9-1-1 gateway TCP 5066: warning
---   (unless that gateway is defined with TLS). SIP over UDP and plaintext SIP crossing the Edge external
+--   except: E1 Front End/Director <-> a configured trusted application on its port (no finding); E2 every
+--   Mediation/SBA (or a Front End with a collocated Mediation Server) <-> gateway leg on a TCP trunk, PSTN
+--   and E9-1-1 gateways alike (the gateway_leg macro, the same scope as R8): warning, violation when the
+--   gateway is defined with TLS; E3 Front End -> E9-1-1 gateway TCP 5066 is such a leg (reference 8.7:
+--   treated as the Mediation <-> gateway rule). SIP over UDP and plaintext SIP crossing the Edge external
 --   side are always violations.
 WITH s AS (
     SELECT f.*,
@@ -20,9 +21,7 @@ WITH s AS (
                    WHERE (t.address = f.resp_h AND t.port = f.resp_p) OR (t.address = f.orig_h AND t.port = f.orig_p))
                OR ('trusted_application' IN (f.orig_role, f.resp_role) AND 5060 IN (f.orig_p, f.resp_p))
                AS trusted_app,
-           (is_gateway(f.orig_role) AND (f.resp_role IN ('mediation', 'sba') OR family(f.resp_role) = 'front_end'))
-               OR (is_gateway(f.resp_role) AND (f.orig_role IN ('mediation', 'sba')
-                                                OR family(f.orig_role) = 'front_end')) AS gateway_leg
+           gateway_leg(f.orig_role, f.resp_role) AS gateway_leg
     FROM flows f
     WHERE f.sip_plain
 ),
@@ -35,8 +34,7 @@ judged AS (
                WHEN trusted_app AND (family(orig_role) IN ('front_end', 'director')
                                      OR family(resp_role) IN ('front_end', 'director')) THEN NULL
                WHEN gateway_leg AND gw_transport = 'tls' THEN 'violation'
-               WHEN gateway_leg AND e911 AND family(orig_role) = 'front_end' AND resp_p = 5066 THEN 'warning'
-               WHEN gateway_leg AND NOT e911 THEN 'warning'
+               WHEN gateway_leg THEN 'warning'
                ELSE 'violation'
            END AS severity,
            CASE
@@ -46,7 +44,9 @@ judged AS (
                WHEN gateway_leg AND gw_transport = 'tls' THEN 'plaintext SIP on a gateway trunk defined with TLS'
                WHEN gateway_leg AND e911 AND family(orig_role) = 'front_end' AND resp_p = 5066
                    THEN 'plaintext SIP to the E9-1-1 gateway (E3: protection not stated, reference 8.7)'
-               WHEN gateway_leg AND NOT e911
+               WHEN gateway_leg AND e911
+                   THEN format('plaintext SIP on the trunk to the E9-1-1 gateway (E2, reference 8.7; trunk transport {}: TLS strongly recommended)', txt(gw_transport))
+               WHEN gateway_leg
                    THEN format('plaintext SIP on the Mediation-gateway trunk (E2, trunk transport {}: TLS strongly recommended)', txt(gw_transport))
                ELSE 'plaintext SIP'
            END AS why

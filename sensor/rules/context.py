@@ -5,9 +5,9 @@ Views and tables a rule may use (documented in queries/README.md):
   flows         one row per flow (uid): facts from its latest record, counters summed over the window
   roles, networks, server_roles, gateway_roles, policy, gateways, trusted_apps, xmpp_partners
   ports, web_paths, cipher_suites    the catalogue (sensor/data/*.csv)
-and macros is_server(role), is_gateway(role), is_edge_external(role), family(role),
-plaintext_start(first_byte, sslv2_hello), txt(x) and conn(orig_role, orig_h, orig_p, resp_role, resp_h, resp_p,
-proto).
+and macros is_server(role), is_gateway(role), is_edge_external(role), family(role), gateway_leg(orig_role,
+resp_role), plain_media_convicts(confidence, packets), plaintext_start(first_byte, sslv2_hello), txt(x) and
+conn(orig_role, orig_h, orig_p, resp_role, resp_h, resp_p, proto).
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from sensor.topology import GATEWAY_ROLES, SERVER_ROLES, Topology
 
 SUMMED = ("orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes")
 EDGE_EXTERNAL_ROLES = ("edge_external", "edge_external_access", "edge_external_webconf", "edge_external_av")
+# The evidence bar for a plain-media violation (R7, R8(a)); documented in queries/README.md.
+PLAIN_MEDIA_CONFIDENCE = 0.8
+PLAIN_MEDIA_PACKETS = 10
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,19 @@ def register_site(con: duckdb.DuckDBPyConnection, cfg: Config, topology: Topolog
     con.execute(f"CREATE OR REPLACE TEMP MACRO is_gateway(r) AS r IN ({_lit(GATEWAY_ROLES)})")
     con.execute(f"CREATE OR REPLACE TEMP MACRO is_edge_external(r) AS r IN ({_lit(EDGE_EXTERNAL_ROLES)})")
     con.execute(f"CREATE OR REPLACE TEMP MACRO family(r) AS CASE r {family} ELSE r END")
+    # Exception E2's scope, one definition for R2 and R8: a gateway (PSTN or E9-1-1) on one side, a Mediation
+    # Server, a branch appliance or a Front End (collocated Mediation Server) on the other.
+    con.execute(
+        "CREATE OR REPLACE TEMP MACRO gateway_leg(orole, rrole) AS "
+        "(is_gateway(orole) AND (rrole IN ('mediation', 'sba') OR family(rrole) = 'front_end')) "
+        "OR (is_gateway(rrole) AND (orole IN ('mediation', 'sba') OR family(orole) = 'front_end'))"
+    )
+    # The one evidence bar for convicting plain media (R7, R8(a)): a verdict of confidence >= 0.8 (SDP, the
+    # RTCP chain or the codec frame length) over at least 10 packets; anything weaker, or unknown, is a warning.
+    con.execute(
+        f"CREATE OR REPLACE TEMP MACRO plain_media_convicts(confidence, packets) AS "
+        f"coalesce(confidence >= {PLAIN_MEDIA_CONFIDENCE} AND packets >= {PLAIN_MEDIA_PACKETS}, false)"
+    )
     # The originator's first payload byte is not a TLS record (0x16) nor an SSLv2-format hello: cleartext.
     con.execute(
         "CREATE OR REPLACE TEMP MACRO plaintext_start(first_byte, sslv2_hello) AS "

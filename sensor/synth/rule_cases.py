@@ -6,10 +6,13 @@ rule id -> severity under that site's default policy; a rule not listed must not
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import random
 import struct
+from datetime import UTC, datetime, timedelta
 
+from sensor.schema import FLOW_SCHEMA
 from sensor.synth import calls, http, media, sip
 from sensor.synth import packets as pk
 from sensor.synth import tls as t
@@ -46,6 +49,36 @@ TLS_GATEWAY = RULE_CASE_ROLES["pstn_gateway"][1]
 (E911_GATEWAY,), (TRUSTED_APP,) = RULE_CASE_ROLES["e911_gateway"], RULE_CASE_ROLES["trusted_application"]
 
 XMPP_TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
+
+
+def flow_record(orig: tuple[str, int], resp: tuple[str, int], proto: str = "tcp", **facts: object) -> dict[str, object]:
+    """One flow record as the lake holds it, for rule tests that need no capture: every column of the flow
+    schema null except the connection, its roles (RULE_CASE_ROLES unless given) and the facts given."""
+    row: dict[str, object] = dict.fromkeys(FLOW_SCHEMA.names)
+    ts = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    row.update(
+        ts=ts,
+        ts_end=ts + timedelta(seconds=30),
+        flow_start=ts,
+        interval_seq=0,
+        uid="C" + hashlib.sha256(repr((orig, resp, proto, sorted(facts.items()))).encode()).hexdigest()[:17],
+        sensor_id="sensor-t",
+        source="pcap",
+        orig_h=orig[0],
+        orig_p=orig[1],
+        resp_h=resp[0],
+        resp_p=resp[1],
+        proto=proto,
+        ip_version=4,
+        orig_role=rule_case_role(orig[0]),
+        resp_role=rule_case_role(resp[0]),
+        duration=30.0,
+    )
+    unknown = set(facts) - set(FLOW_SCHEMA.names)
+    if unknown:
+        raise KeyError(f"not flow columns: {sorted(unknown)}")
+    row.update(facts)
+    return row
 
 
 def rule_case_role(address: str) -> str:
@@ -186,8 +219,8 @@ def _sip_cases(b: _CaseBuilder) -> None:
          "sip:line1@rcc.contoso.com", (49500, 49502), {},
          "plain SIP on TCP 5060 to a configured trusted application (E1: no finding)"),
         ("e3-fe-e911-gateway-5066", (FE1, 51202), (E911_GATEWAY, 5066), 11.0, "sip:+14255550100@contoso.com",
-         "sip:911@10.0.3.6;user=phone", (49510, 20010), {"R2": "warning"},
-         "plain SIP on TCP 5066 to the E9-1-1 gateway (E3: warning)"),
+         "sip:911@10.0.3.6;user=phone", (49510, 20010), {"R2": "warning", "R8": "warning"},
+         "plain SIP on TCP 5066 to the E9-1-1 gateway (E3: warning; R8 grades the trunk the same)"),
     ]  # fmt: skip
     for name, orig, resp, when, caller, callee, ports, findings, why in dialogs:
         flow = b.tcp(orig, resp, name)
@@ -290,8 +323,9 @@ def _media_cases(b: _CaseBuilder) -> None:
     sessions: list[tuple[str, tuple[str, int], tuple[str, int], float, float, media.Codec, bool, bool,
                          Findings, Findings, str]] = [
         ("r8a-fire-mediation-fe-pcmu", (MEDIATION, 49170), (FE2, 50400), 16.0, 6.0, media.PCMU, False, True,
-         {"R8": "violation"}, {"R8": "violation"},
-         "plain PCMU RTP and RTCP between the Mediation Server and its internal next hop"),
+         {"R8": "violation"}, {"R8": "warning"},
+         "plain PCMU RTP (300 packets each way: violation) and RTCP (2 packets, under R7's and R8's one evidence "
+         "bar: warning) between the Mediation Server and its internal next hop"),
         ("r8-nofire-mediation-fe-srtp", (MEDIATION, 49180), (FE2, 50410), 17.0, 6.0, media.PCMU, True, True,
          {}, {}, "SRTP (160 + 10-byte tag) and SRTCP between the Mediation Server and a Front End"),
         ("r12-info-edge-udp-srtp", ("198.51.100.30", 40000), (EDGE_EXT, 50010), 18.0, 2.0, media.G722, True,
