@@ -234,7 +234,8 @@ from sensor.metrics import SensorMetrics
 lake, src = sys.argv[1], sys.argv[2]
 cfg = load_config(None, env={}, overrides=[f'sensor.lake="{lake}"', 'live.rule_window=100000000'])
 glob = f"{src}/flows/**/*.parquet"
-table = duckdb.sql(f"SELECT * EXCLUDE (date, hour) FROM read_parquet('{glob}', hive_partitioning=true)").arrow()
+query = f"SELECT * EXCLUDE (date, hour) FROM read_parquet('{glob}', hive_partitioning=true)"
+table = duckdb.sql(query).to_arrow_table()
 metrics = SensorMetrics()
 sensor = LiveSensor(cfg, metrics=metrics, capture=False)
 written = 0
