@@ -294,6 +294,10 @@ def cmd_zeek(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    if cfg.metrics.web_config_file:  # checked here too, not only when --serve starts the exporter
+        from sensor.exporter import load_web_config
+
+        load_web_config(cfg.metrics.web_config_file)
     if args.action == "show":
         print(json.dumps(cfg.to_dict(), indent=2, default=str))
     else:

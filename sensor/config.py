@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import difflib
+import functools
+import io
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeAlias
@@ -109,7 +114,6 @@ class PrivacySettings:
     """[privacy]: personal data kept in the lake."""
 
     redact_http_query: bool = True
-    store_sip_uris: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,13 +136,11 @@ class LiveSettings:
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    """[metrics]: the /metrics exporter. Loopback by default; TLS and basic auth for exposing it further."""
+    """[metrics]: the /metrics exporter. Loopback by default; TLS and basic auth (for exposing it further) come
+    from a Prometheus exporter-toolkit web config file, as for node_exporter."""
 
     listen: str = "127.0.0.1:9477"
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    basic_auth_user: str = ""
-    basic_auth_password_sha256: str = ""
+    web_config_file: str = ""  # "" = plain HTTP without authentication
 
 
 @dataclass(frozen=True)
@@ -330,6 +332,42 @@ def _check_networks(value: Any) -> tuple[str, ...]:
 _networks = _Leaf(_check_networks)
 
 
+def _check_listen(value: Any) -> str:
+    """host:port, [ipv6]:port; the port 0..65535 (0 picks a free one), checked here so --serve cannot overflow."""
+    if isinstance(value, _Given):
+        value = value.parsed if isinstance(value.parsed, str) else value.text
+    if not isinstance(value, str):
+        raise _Problem(f"expected a string, got {_show(value)}")
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]+)|([A-Za-z0-9.-]+):([0-9]+)", value)
+    if match is None:
+        raise _Problem(f"{value!r} must be host:port, e.g. 127.0.0.1:9477 or [::1]:9477")
+    if match[1] is not None:
+        try:
+            ipaddress.IPv6Address(match[1])
+        except ValueError:
+            raise _Problem(f"{match[1]!r} in {value!r} is not an IPv6 address") from None
+    port = int(match[2] or match[4])
+    if port > 65535:
+        raise _Problem(f"port {port} in {value!r} is out of range 0..65535")
+    return value
+
+
+def _removed(why: str) -> _Leaf:
+    """A key that no longer exists: any value is an error that says what replaced it."""
+
+    def check(value: Any) -> Any:
+        raise _Problem(f"this key was removed: {why}")
+
+    return _Leaf(check)
+
+
+_WEB_CONFIG_MIGRATION = (
+    "TLS and basic auth now come from a Prometheus exporter-toolkit web config file (tls_server_config, "
+    "basic_auth_users with bcrypt hashes, as for node_exporter): set metrics.web_config_file to its path "
+    "(see deploy/web-config.example.yml)"
+)
+
+
 def _check_port_range(value: Any) -> tuple[int, int]:
     value = _parsed(value)
     match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", value) if isinstance(value, str) else None
@@ -374,9 +412,19 @@ def _domain_key(name: str) -> str:
     return name.lower()
 
 
+@functools.cache
+def port_range_ids() -> tuple[str, ...]:
+    """The ids of the port catalogue (the id column of sensor/data/ports.csv), the keys [ports] may override."""
+    text = (resources.files("sensor") / "data" / "ports.csv").read_text(encoding="utf-8")
+    return tuple(sorted({row["id"] for row in csv.DictReader(io.StringIO(text))}))
+
+
 def _range_id_key(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
-        raise _Problem(f"{name!r} is not a port range id")
+    known = port_range_ids()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f", did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise _Problem(f"unknown port range id {name!r}{hint} (the ids are the id column of sensor/data/ports.csv)")
     return name
 
 
@@ -422,7 +470,15 @@ _SCHEMA = _Table(
             }
         ),
         "ports": _Entries(_range_id_key, _Leaf(_check_port_range)),
-        "privacy": _Table({"redact_http_query": _boolean, "store_sip_uris": _boolean}),
+        "privacy": _Table(
+            {
+                "redact_http_query": _boolean,
+                "store_sip_uris": _removed(
+                    "SIP URIs and phone numbers are never stored in the lake (only methods and status codes), "
+                    "so there is nothing to switch; delete the key"
+                ),
+            }
+        ),
         "live": _Table(
             {
                 "interface": _string_or_empty(),
@@ -441,13 +497,12 @@ _SCHEMA = _Table(
         ),
         "metrics": _Table(
             {
-                "listen": _string(
-                    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}", "must be host:port, e.g. 127.0.0.1:9477"
-                ),
-                "tls_cert_file": _string_or_empty(),
-                "tls_key_file": _string_or_empty(),
-                "basic_auth_user": _string_or_empty(),
-                "basic_auth_password_sha256": _string(r"[0-9a-f]{64}|", "must be the hex SHA-256 of the password"),
+                "listen": _Leaf(_check_listen),
+                "web_config_file": _string_or_empty(),
+                "tls_cert_file": _removed(_WEB_CONFIG_MIGRATION),
+                "tls_key_file": _removed(_WEB_CONFIG_MIGRATION),
+                "basic_auth_user": _removed(_WEB_CONFIG_MIGRATION),
+                "basic_auth_password_sha256": _removed(_WEB_CONFIG_MIGRATION),
             }
         ),
     }
@@ -564,7 +619,10 @@ def _env_layers(env: Mapping[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
                 f"{name} does not name a key: use LYNC_SENSOR_<SECTION>__<KEY> (LYNC_SENSOR_SENSOR__LAKE)",
                 source=ENV_SOURCE,
             )
-        yield name, _nest(_regroup(parts), _given(env[name]))
+        parts = _regroup(parts)
+        if len(parts) == 2 and parts[0] == "ports":  # range ids hold '-', which a variable name cannot
+            parts[1] = parts[1].replace("_", "-")
+        yield name, _nest(parts, _given(env[name]))
 
 
 _KEY_PART = re.compile(r'\s*(?:"([^"]*)"|\'([^\']*)\'|([A-Za-z0-9_:-]+))\s*(\.|$)')

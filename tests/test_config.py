@@ -58,7 +58,8 @@ def test_no_file_gives_the_built_in_defaults() -> None:
     assert cfg.policy.fips is False and cfg.policy.require_tls12_on_edge is False
     assert dict(cfg.policy.gateways) == {}
     assert dict(cfg.ports) == {}
-    assert cfg.privacy.redact_http_query is True and cfg.privacy.store_sip_uris is False
+    assert cfg.privacy.redact_http_query is True
+    assert (cfg.metrics.listen, cfg.metrics.web_config_file) == ("127.0.0.1:9477", "")
     assert cfg.origin_of("sensor", "interval") == "default"
 
 
@@ -114,7 +115,8 @@ def test_the_deploy_example_names_every_key() -> None:
         "fips",
         "require_tls12_on_edge",
         "redact_http_query",
-        "store_sip_uris",
+        "listen",
+        "web_config_file",
     ):
         assert f"\n{key} = " in text
     for key in ("transport", "srtp_mode", "e911", "port", "tls_negotiation", "internal", "perimeter"):
@@ -133,10 +135,10 @@ def test_config_is_immutable(example: Path) -> None:
 
 
 def test_to_dict_is_plain_data(tmp_path: Path) -> None:
-    cfg = load_config(DEPLOY_EXAMPLE, overrides=["ports.fe_audio=49152-57500"])
+    cfg = load_config(DEPLOY_EXAMPLE, overrides=["ports.client-audio=49152-57500"])
     data = cfg.to_dict()
     assert json.loads(json.dumps(data)) == data
-    assert data["ports"] == {"fe_audio": [49152, 57500]}
+    assert data["ports"] == {"client-audio": [49152, 57500]}
     assert data["policy"]["gateways"]["10.0.3.5"] == {"transport": "tcp", "e911": False}
     assert data["topology"]["roles"]["front_end"] == ["10.0.1.10", "10.0.1.11"]
 
@@ -199,8 +201,8 @@ def test_env_and_set_values_parse_as_toml_else_string(example: Path) -> None:
             'policy.gateways."10.0.3.5".transport=tls',
             "policy.gateways.10.0.3.5.srtp_mode=Optional",
             'topology.roles.sba=["10.0.4.0/24"]',
-            "ports.fe_audio=[49152, 57500]",
-            "ports.edge_media = 50000-59999",
+            "ports.client-audio=[49152, 57500]",
+            "ports.edge-media = 50000-59999",
         ],
     )
     assert cfg.roles["director"] == ("10.0.1.31", "10.0.1.32")
@@ -209,7 +211,7 @@ def test_env_and_set_values_parse_as_toml_else_string(example: Path) -> None:
     assert cfg.sensor.progress is False
     assert cfg.sensor.id == "2024"
     assert cfg.policy.gateways["10.0.3.5"] == GatewayPolicy(transport="tls", srtp_mode="Optional")
-    assert dict(cfg.ports) == {"fe_audio": (49152, 57500), "edge_media": (50000, 59999)}
+    assert dict(cfg.ports) == {"client-audio": (49152, 57500), "edge-media": (50000, 59999)}
 
 
 def test_env_gateway_table_and_inline_table(example: Path) -> None:
@@ -294,11 +296,25 @@ def test_config_has_no_hidden_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyP
             None,
             "Required, Optional, NotSupported",
         ),
-        ("[ports]\nfe_audio = '57500-49152'\n", "ports.fe_audio", "lo <= hi"),
-        ("[ports]\nfe_audio = [0, 10]\n", "ports.fe_audio", "1 <= lo"),
-        ("[ports]\nfe_audio = '49152'\n", "ports.fe_audio", '"lo-hi" or [lo, hi]'),
-        ("[ports]\nfe_audio = [1, 2, 3]\n", "ports.fe_audio", '"lo-hi" or [lo, hi]'),
-        ("[privacy]\nstore_sip_uris = 'no'\n", "privacy.store_sip_uris", "expected true or false"),
+        ("[ports]\nclient-audio = '57500-49152'\n", "ports.client-audio", "lo <= hi"),
+        ("[ports]\nclient-audio = [0, 10]\n", "ports.client-audio", "1 <= lo"),
+        ("[ports]\nclient-audio = '49152'\n", "ports.client-audio", '"lo-hi" or [lo, hi]'),
+        ("[ports]\nclient-audio = [1, 2, 3]\n", "ports.client-audio", '"lo-hi" or [lo, hi]'),
+        ("[ports]\nfe_audio = [50000, 50100]\n", "ports.fe_audio", "unknown port range id 'fe_audio'"),
+        ("[privacy]\nstore_sip_uris = false\n", "privacy.store_sip_uris", "SIP URIs and phone numbers are never"),
+        ("[metrics]\nlisten = '127.0.0.1:65536'\n", "metrics.listen", "port 65536 in '127.0.0.1:65536' is out"),
+        ("[metrics]\nlisten = '127.0.0.1:99999'\n", "metrics.listen", "out of range 0..65535"),
+        ("[metrics]\nlisten = '[::1:9477'\n", "metrics.listen", "must be host:port"),
+        ("[metrics]\nlisten = '[fe80::zz]:9477'\n", "metrics.listen", "not an IPv6 address"),
+        ("[metrics]\nlisten = '127.0.0.1:\u0663'\n", "metrics.listen", "must be host:port"),
+        ("[metrics]\nbasic_auth_user = 'prom'\n", "metrics.basic_auth_user", "set metrics.web_config_file"),
+        (
+            "[metrics]\nbasic_auth_password_sha256 = '" + "0" * 64 + "'\n",
+            "metrics.basic_auth_password_sha256",
+            "basic_auth_users with bcrypt hashes",
+        ),
+        ("[metrics]\ntls_cert_file = 'c.pem'\n", "metrics.tls_cert_file", "tls_server_config"),
+        ("[metrics]\ntls_key_file = 'k.pem'\n", "metrics.tls_key_file", "web_config_file"),
         ("sensor = 1\n", "sensor", "expected a table"),
     ],
 )
@@ -316,6 +332,38 @@ def test_file_errors_name_the_key_and_the_file(tmp_path: Path, toml: str, key: s
         assert err.key == key
         assert f"{path}: {key}: " in message
     assert words in message
+
+
+def test_unknown_port_range_id_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    """The id is checked at load, so `config check` fails, and the error names the variable, not the file."""
+    path = write(tmp_path, "[sensor]\nid = 'a'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {"LYNC_SENSOR_PORTS__EDGE_MEDA": "50000-50100"})
+    message = str(caught.value)
+    assert caught.value.source == "environment" and caught.value.key == "ports.edge-meda"
+    assert str(path) not in message
+    assert "(from LYNC_SENSOR_PORTS__EDGE_MEDA)" in message
+    assert "did you mean 'edge-media'" in message
+    suggested = message.split("did you mean ")[1].split("?")[0].split(", ")
+    assert 1 <= len(suggested) <= 3  # the nearest few, not all of the catalogue's ids
+
+
+def test_port_range_ids_from_the_environment_may_use_underscores() -> None:
+    cfg = load_config(None, {"LYNC_SENSOR_PORTS__EDGE_MEDIA": "[50000, 50100]"})
+    assert dict(cfg.ports) == {"edge-media": (50000, 50100)}
+    assert cfg.origin_of("ports", "edge-media") == "environment"
+
+
+def test_unknown_port_range_id_with_no_near_id_suggests_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown port range id 'zzz' \(the ids are the id column"):
+        load_config(None, overrides=["ports.zzz=1-2"])
+
+
+def test_listen_port_bounds(tmp_path: Path) -> None:
+    assert load_config(None, overrides=["metrics.listen=127.0.0.1:0"]).metrics.listen == "127.0.0.1:0"
+    assert load_config(None, overrides=["metrics.listen=[::1]:65535"]).metrics.listen == "[::1]:65535"
+    with pytest.raises(ConfigError, match=r"--set: metrics.listen: port 65536 .* out of range 0..65535"):
+        load_config(None, overrides=["metrics.listen=localhost:65536"])
 
 
 def test_unknown_role_lists_the_known_roles(tmp_path: Path) -> None:

@@ -1,24 +1,15 @@
-"""The /metrics page: a golden exposition for the bundled example, bounded labels, TLS and basic auth."""
+"""The /metrics page: a golden exposition for the bundled example and bounded labels (the server: test_exporter)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import ssl
-import subprocess
-import urllib.error
-import urllib.request
-from base64 import b64encode
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
 
-from sensor.config import MetricsSettings, load_config
-from sensor.errors import ConfigError
-from sensor.exporter import MetricsServer
+from sensor.config import load_config
 from sensor.metrics import SensorMetrics
 from sensor.pipeline import analyze_to_lake
 from tests.conftest import EXAMPLE_CONFIG, ROOT
@@ -76,78 +67,3 @@ def test_metrics_content(example_metrics: str) -> None:
     labels = " ".join(re.findall(r"\{[^}]*\}", example_metrics))
     assert not re.search(r"\d+\.\d+\.\d+\.\d+", labels.replace('version="0.1.0"', ""))
     assert "::" not in labels
-
-
-def _get(url: str, *, auth: str | None = None, context: ssl.SSLContext | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url)
-    if auth:
-        req.add_header("Authorization", "Basic " + b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=5, context=context) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-
-
-def test_exporter_on_loopback_with_basic_auth() -> None:
-    m = SensorMetrics()
-    settings = MetricsSettings(
-        listen="127.0.0.1:0", basic_auth_user="prom", basic_auth_password_sha256=hashlib.sha256(b"s3cret").hexdigest()
-    )
-    server = MetricsServer(m.registry, settings).start()
-    try:
-        assert _get(server.url)[0] == 401
-        assert _get(server.url, auth="prom:wrong")[0] == 401
-        status, body = _get(server.url, auth="prom:s3cret")
-        assert status == 200 and "lync_sensor_build_info" in body
-    finally:
-        server.stop()
-
-
-def test_exporter_over_tls(tmp_path: Path) -> None:
-    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    server = MetricsServer(
-        SensorMetrics().registry, MetricsSettings(listen="127.0.0.1:0", tls_cert_file=str(cert), tls_key_file=str(key))
-    ).start()
-    try:
-        assert server.url.startswith("https://")
-        ctx = ssl.create_default_context(cafile=str(cert))
-        status, body = _get(server.url, context=ctx)
-        assert status == 200 and "lync_sensor_rule_violations" in body
-    finally:
-        server.stop()
-
-
-def test_exporter_config_errors() -> None:
-    with pytest.raises(ConfigError, match="go together"):
-        MetricsServer(SensorMetrics().registry, MetricsSettings(listen="127.0.0.1:0", tls_cert_file="x.pem"))
-    with pytest.raises(ConfigError, match="go together"):
-        MetricsServer(SensorMetrics().registry, MetricsSettings(listen="127.0.0.1:0", basic_auth_user="u"))
-    busy = MetricsServer(SensorMetrics().registry, MetricsSettings(listen="127.0.0.1:0")).start()
-    try:
-        with pytest.raises(ConfigError, match="cannot listen"):
-            MetricsServer(SensorMetrics().registry, MetricsSettings(listen=f"127.0.0.1:{busy.port}"))
-    finally:
-        busy.stop()
