@@ -1,4 +1,9 @@
-"""Capture file front end: reads pcap and pcapng in blocks and indexes packet records column-wise."""
+"""Capture file front end: reads pcap and pcapng in blocks and indexes packet records column-wise.
+
+Damage is counted and skipped, never raised mid-file: garbage and zeros are skipped up to the next valid
+record, a damaged field (a timestamp beyond int64 nanoseconds or far outside the capture's own time, an
+impossible original length, an unusable if_tsresol) costs at most its own packet.
+"""
 
 from __future__ import annotations
 
@@ -26,9 +31,20 @@ SUPPORTED_LINKTYPES = {
     229: "IPV6",
     276: "LINUX_SLL2",
 }
+_LINKTYPE_OK = np.zeros(65536, np.bool_)
+_LINKTYPE_OK[list(SUPPORTED_LINKTYPES)] = True
 
 # A record claiming more than this is damage, not a packet (Wireshark's WTAP_MAX_PACKET_SIZE_STANDARD).
 MAX_CAPLEN = 262_144
+# An original length above this is a damaged field, and the packet counts with its captured length: a passive
+# sensor sees wire frames (jumbo frames at most, or offloaded segments of 64 KiB).
+MAX_WIRELEN = 262_144
+# A packet further than this from the packets before it is damage, unless the packet after it confirms the jump.
+TIME_WINDOW_NS = 86_400 * 1_000_000_000
+INT64_MAX = (1 << 63) - 1
+# if_tsresol is 10^-r or 2^-r seconds; beyond 10^-18 and 2^-62 the tick does not fit int64 arithmetic.
+_POW10 = np.array([10**i for i in range(19)], np.int64)
+
 BLOCK_BYTES = 16 << 20
 MAX_BATCH = 1 << 18
 
@@ -40,10 +56,21 @@ PCAP_MAGICS = {
 }
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 
+# The reader's state, shared by the kernels and the block loop: byte order (pcapng), interfaces defined in the
+# section, time of the last packet (Simple Packet Blocks have none), the reference time (the last packet kept)
+# and whether there is one yet.
+S_BIG, S_IFACES, S_LAST_TS, S_REF, S_HAS_REF = range(5)
+# Damage counters the kernels fill: packets whose timestamp does not fit int64 nanoseconds, packets far outside
+# the capture's own time, original lengths beyond MAX_WIRELEN, unusable if_tsresol options, empty pcapng packets
+# at time 0, packets on an unsupported link type (one such link type, and a flag for "more than one").
+C_BAD_TS, C_FAR_TS, C_ORIG, C_TSRESOL, C_ZERO, C_UNSUP, C_UNSUP_LT, C_UNSUP_MANY = range(8)
+
 
 @dataclass
 class Batch:
-    """A batch of packets: one buffer and per-packet columns pointing into it."""
+    """A batch of packets: one buffer and per-packet columns pointing into it.
+
+    Every timestamp is >= 0 and within the capture's own time; caplen <= wirelen <= MAX_WIRELEN."""
 
     buf: npt.NDArray[np.uint8]
     offset: npt.NDArray[np.int64]
@@ -81,62 +108,153 @@ def _u16(buf, p, big):  # type: ignore[no-untyped-def]
     return (np.int64(buf[p + 1]) << 8) | buf[p]
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _far(t, ref):  # type: ignore[no-untyped-def]
+    return t - ref > TIME_WINDOW_NS or ref - t > TIME_WINDOW_NS
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _ticks_ns(hi, lo, mul, div):  # type: ignore[no-untyped-def]
+    """pcapng ticks (64 bits, hi:lo) at resolution mul/div ns as int64 nanoseconds; -1 if they do not fit."""
+    if hi >= 0x80000000:
+        return np.int64(-1)
+    ticks = (hi << 32) | lo
+    if div == 1:
+        if ticks > INT64_MAX // mul:
+            return np.int64(-1)
+        return ticks * mul
+    if mul == 1:
+        return ticks // div
+    q = ticks // div
+    if q > (INT64_MAX - mul) // mul:
+        return np.int64(-1)
+    r = ticks % div
+    if r <= INT64_MAX // mul:
+        return q * mul + (r * mul) // div
+    return q * mul + np.int64(np.float64(r) * (np.float64(mul) / np.float64(div)))  # binary 2^-34 and finer
+
+
 @nb.njit(cache=True, nogil=True)
-def index_pcap(buf, end, big, ns_per_tick, linktype, offs, caplens, wirelens, ts, lts):  # type: ignore[no-untyped-def]
-    """Index classic pcap records in buf[0:end]; returns (records, bytes consumed, damage flag)."""
+def index_pcap(buf, end, final, big, ns_per_tick, linktype, state, cnt, offs, caplens, wirelens, ts, lts):  # type: ignore[no-untyped-def]
+    """Index classic pcap records in buf[0:end]; returns (records, bytes consumed, damage flag).
+
+    A zero-length record at time 0 is damage (zeros, not a packet). A record far from the reference time is
+    kept only if the next record confirms its time; with final false, it waits for the next record's header."""
     pos = 0
     n = 0
     cap = offs.shape[0]
+    ref = state[S_REF]
+    has_ref = state[S_HAS_REF] == 1
+    bad = 0
     while n < cap and pos + 16 <= end:
         sec = _u32(buf, pos, big)
         frac = _u32(buf, pos + 4, big)
         incl = _u32(buf, pos + 8, big)
         orig = _u32(buf, pos + 12, big)
-        if incl > 262144 or frac >= 1_000_000_000:
-            return n, pos, 1
-        if pos + 16 + incl > end:
+        if incl > MAX_CAPLEN or frac >= 1_000_000_000 or (incl == 0 and sec == 0 and frac == 0):
+            bad = 1
             break
+        nxt = pos + 16 + incl
+        if nxt > end:
+            break
+        t = sec * 1_000_000_000 + frac * ns_per_tick
+        if not has_ref or _far(t, ref):
+            if nxt + 16 <= end:
+                nsec = _u32(buf, nxt, big)
+                nfrac = _u32(buf, nxt + 4, big)
+                nincl = _u32(buf, nxt + 8, big)
+                if nincl > MAX_CAPLEN or nfrac >= 1_000_000_000 or (nincl == 0 and nsec == 0 and nfrac == 0):
+                    keep = not has_ref  # no evidence either way: damage follows
+                else:
+                    keep = not _far(nsec * 1_000_000_000 + nfrac * ns_per_tick, t)
+            elif not final:
+                break  # judge it when the next header is in the buffer
+            else:
+                keep = not has_ref  # the last record of the file, far from the rest
+            if not keep:
+                cnt[C_FAR_TS] += 1
+                pos = nxt
+                continue
+        if orig > MAX_WIRELEN:
+            cnt[C_ORIG] += 1
+            orig = incl
         offs[n] = pos + 16
         caplens[n] = incl
         wirelens[n] = orig if orig >= incl else incl
-        ts[n] = sec * 1_000_000_000 + frac * ns_per_tick
+        ts[n] = t
         lts[n] = linktype
+        ref = t
+        has_ref = True
         n += 1
-        pos += 16 + incl
-    return n, pos, 0
+        pos = nxt
+    state[S_REF] = ref
+    state[S_HAS_REF] = 1 if has_ref else 0
+    return n, pos, bad
 
 
 @nb.njit(cache=True, nogil=True)
-def index_pcapng(buf, end, state, if_link, if_mul, if_div, offs, caplens, wirelens, ts, lts):  # type: ignore[no-untyped-def]
-    """Index pcapng blocks in buf[0:end]; state = [big-endian flag, interfaces, last ts].
+def _next_ts_pcapng(buf, p, end, big, nif, if_mul, if_div):  # type: ignore[no-untyped-def]
+    """Time of the next Enhanced Packet Block from p: (1, ns), (0, 0) if it is not in the buffer yet, (-1, 0) if
+    there is none to judge by (damage, a new section or interface, an unusable timestamp)."""
+    for _ in range(16):
+        if p + 12 > end:
+            return 0, np.int64(0)
+        btype = _u32(buf, p, big)
+        blen = _u32(buf, p + 4, big)
+        if btype == 0x0A0D0D0A or btype == 1 or blen < 12 or blen % 4 != 0 or blen > MAX_CAPLEN + 4096:
+            return -1, np.int64(0)
+        if p + blen > end:
+            return 0, np.int64(0)
+        if btype == 6 and blen >= 32:
+            iface = _u32(buf, p + 8, big)
+            hi = _u32(buf, p + 12, big)
+            lo = _u32(buf, p + 16, big)
+            if iface >= nif or (hi == 0 and lo == 0):
+                return -1, np.int64(0)
+            t = _ticks_ns(hi, lo, if_mul[iface], if_div[iface])
+            return (1, t) if t >= 0 else (-1, np.int64(0))
+        p += blen
+    return -1, np.int64(0)
 
-    Returns (packets, bytes consumed, damage flag). Interface description blocks update if_* in place.
-    """
+
+@nb.njit(cache=True, nogil=True)
+def index_pcapng(buf, end, final, state, if_link, if_mul, if_div, if_ok, cnt, offs, caplens, wirelens, ts, lts):  # type: ignore[no-untyped-def]
+    """Index pcapng blocks in buf[0:end]; returns (packets, bytes consumed, damage flag).
+
+    Interface description blocks update if_* in place. Packets with a damaged field are counted in cnt and
+    skipped; the block structure (lengths at both ends) stays intact, so reading goes on with the next block."""
     pos = 0
     n = 0
     cap = offs.shape[0]
+    ref = state[S_REF]
+    has_ref = state[S_HAS_REF] == 1
+    bad = 0
     while n < cap and pos + 12 <= end:
-        big = state[0] == 1
+        big = state[S_BIG] == 1
         btype = _u32(buf, pos, big)
         if btype == 0x0A0D0D0A:
             bom = _u32(buf, pos + 8, False)
             if bom == 0x1A2B3C4D:
-                state[0] = 0
+                state[S_BIG] = 0
             elif bom == 0x4D3C2B1A:
-                state[0] = 1
+                state[S_BIG] = 1
             else:
-                return n, pos, 1
-            big = state[0] == 1
-            state[1] = 0
+                bad = 1
+                break
+            big = state[S_BIG] == 1
+            state[S_IFACES] = 0
         blen = _u32(buf, pos + 4, big)
-        if blen < 12 or blen % 4 != 0 or blen > 262144 + 4096:
-            return n, pos, 1
+        if blen < 12 or blen % 4 != 0 or blen > MAX_CAPLEN + 4096:
+            bad = 1
+            break
         if pos + blen > end:
             break
         if btype == 1:  # Interface Description Block
-            k = state[1]
+            k = state[S_IFACES]
             if k < if_link.shape[0]:
-                if_link[k] = _u16(buf, pos + 8, big)
+                lt = _u16(buf, pos + 8, big)
+                if_link[k] = lt
+                if_ok[k] = _LINKTYPE_OK[lt]
                 if_mul[k] = 1000
                 if_div[k] = 1
                 op = pos + 16
@@ -146,59 +264,93 @@ def index_pcapng(buf, end, state, if_link, if_mul, if_div, offs, caplens, wirele
                     if code == 0:
                         break
                     if code == 9 and olen >= 1:
-                        r = buf[op + 4]
-                        if r & 0x80 == 0:
-                            if r <= 9:
-                                if_mul[k] = 10 ** (9 - r)
-                                if_div[k] = 1
-                            else:
-                                if_mul[k] = 1
-                                if_div[k] = 10 ** (r - 9)
-                        else:
-                            # binary resolution 2^-r: ticks * 1e9 / 2^r
+                        r = np.int64(buf[op + 4])
+                        if r <= 9:
+                            if_mul[k] = _POW10[9 - r]
+                        elif r <= 18:
+                            if_mul[k] = 1
+                            if_div[k] = _POW10[r - 9]
+                        elif r >= 0x80 and r - 0x80 <= 62:  # binary resolution 2^-e: ticks * 1e9 / 2^e
                             if_mul[k] = 1_000_000_000
-                            if_div[k] = 1 << (r & 0x7F)
+                            if_div[k] = np.int64(1) << (r - 0x80)
+                        else:
+                            cnt[C_TSRESOL] += 1  # the default (microseconds) stays
                     op += 4 + ((olen + 3) // 4) * 4
-            state[1] = k + 1
+            state[S_IFACES] = k + 1
         elif btype == 6 or btype == 2:  # Enhanced Packet Block (or obsolete Packet Block)
+            if blen < 32:
+                bad = 1
+                break
             iface = _u32(buf, pos + 8, big) if btype == 6 else _u16(buf, pos + 8, big)
             hi = _u32(buf, pos + 12, big)
             lo = _u32(buf, pos + 16, big)
             incl = _u32(buf, pos + 20, big)
             orig = _u32(buf, pos + 24, big)
-            if incl > blen - 32 or iface >= state[1] or iface >= if_link.shape[0]:
-                return n, pos, 1
-            ticks = (hi << 32) | lo
-            mul = if_mul[iface]
-            div = if_div[iface]
-            if div == 1:
-                t = ticks * mul
-            elif mul == 1:
-                t = ticks // div
-            else:
-                t = (ticks // div) * mul + ((ticks % div) * mul) // div
+            if incl > blen - 32 or iface >= state[S_IFACES] or iface >= if_link.shape[0]:
+                bad = 1
+                break
+            if incl == 0 and hi == 0 and lo == 0:
+                cnt[C_ZERO] += 1
+                pos += blen
+                continue
+            if not if_ok[iface]:
+                if cnt[C_UNSUP] and cnt[C_UNSUP_LT] != if_link[iface]:
+                    cnt[C_UNSUP_MANY] = 1
+                cnt[C_UNSUP] += 1
+                cnt[C_UNSUP_LT] = if_link[iface]
+                pos += blen
+                continue
+            t = _ticks_ns(hi, lo, if_mul[iface], if_div[iface])
+            if t < 0:
+                cnt[C_BAD_TS] += 1
+                pos += blen
+                continue
+            if not has_ref or _far(t, ref):
+                found, tn = _next_ts_pcapng(buf, pos + blen, end, big, state[S_IFACES], if_mul, if_div)
+                if found == 0 and not final:
+                    break  # judge it when the next packet is in the buffer
+                keep = (not _far(tn, t)) if found == 1 else not has_ref
+                if not keep:
+                    cnt[C_FAR_TS] += 1
+                    pos += blen
+                    continue
+            if orig > MAX_WIRELEN:
+                cnt[C_ORIG] += 1
+                orig = incl
             offs[n] = pos + 28
             caplens[n] = incl
             wirelens[n] = orig if orig >= incl else incl
             ts[n] = t
             lts[n] = if_link[iface]
-            state[2] = t
+            ref = t
+            has_ref = True
+            state[S_LAST_TS] = t
             n += 1
         elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
             orig = _u32(buf, pos + 8, big)
             incl = blen - 16
             if orig < incl:
                 incl = orig
-            if state[1] < 1:
-                return n, pos, 1
-            offs[n] = pos + 12
-            caplens[n] = incl
-            wirelens[n] = orig
-            ts[n] = state[2]
-            lts[n] = if_link[0]
-            n += 1
+            if state[S_IFACES] < 1:
+                bad = 1
+                break
+            if not if_ok[0]:
+                cnt[C_UNSUP] += 1
+                cnt[C_UNSUP_LT] = if_link[0]
+            else:
+                if orig > MAX_WIRELEN:
+                    cnt[C_ORIG] += 1
+                    orig = incl
+                offs[n] = pos + 12
+                caplens[n] = incl
+                wirelens[n] = orig
+                ts[n] = state[S_LAST_TS]
+                lts[n] = if_link[0]
+                n += 1
         pos += blen
-    return n, pos, 0
+    state[S_REF] = ref
+    state[S_HAS_REF] = 1 if has_ref else 0
+    return n, pos, bad
 
 
 @nb.njit(cache=True, nogil=True)
@@ -206,15 +358,16 @@ def _plausible(buf, q, end, big, last_sec):  # type: ignore[no-untyped-def]
     sec = _u32(buf, q, big)
     incl = _u32(buf, q + 8, big)
     orig = _u32(buf, q + 12, big)
-    if _u32(buf, q + 4, big) >= 1_000_000_000 or incl > 262144 or orig < incl or orig > 262144 or incl < 14:
+    if _u32(buf, q + 4, big) >= 1_000_000_000 or incl > MAX_CAPLEN or orig < incl or orig > MAX_WIRELEN or incl < 14:
         return False
-    return last_sec < 0 or abs(sec - last_sec) <= 86400
+    return last_sec < 0 or abs(sec - last_sec) <= TIME_WINDOW_NS // 1_000_000_000
 
 
 @nb.njit(cache=True, nogil=True)
 def resync_pcap(buf, start, end, big, last_sec):  # type: ignore[no-untyped-def]
     """First offset >= start where two consecutive plausible pcap record headers begin (or one that ends the
-    data exactly); -1 if none. Used to skip garbage in a damaged capture."""
+    data exactly); -1 if none. Used to skip garbage in a damaged capture; last_sec is the time of the last good
+    record (-1: none yet), so zeros or garbage never move the time the records after them are judged by."""
     for q in range(start, end - 16):
         if _plausible(buf, q, end, big, last_sec):
             nxt = q + 16 + _u32(buf, q + 8, big)
@@ -224,26 +377,56 @@ def resync_pcap(buf, start, end, big, last_sec):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True)
-def resync_pcapng(buf, start, end, big):  # type: ignore[no-untyped-def]
-    """First offset >= start (4-aligned from start) of an Enhanced Packet Block whose leading and trailing
-    lengths agree; -1 if none."""
+def resync_pcapng(buf, start, end, big, nif):  # type: ignore[no-untyped-def]
+    """First offset >= start (at any alignment: the damage may have any length) of an Enhanced Packet Block of
+    a known interface whose leading and trailing lengths agree; -1 if none."""
     q = start
     while q + 32 <= end:
         if _u32(buf, q, big) == 6:
             blen = _u32(buf, q + 4, big)
             if (
-                32 <= blen <= 262144 + 4096
+                32 <= blen <= MAX_CAPLEN + 4096
                 and blen % 4 == 0
                 and q + blen <= end
                 and _u32(buf, q + blen - 4, big) == blen
+                and _u32(buf, q + 8, big) < nif
             ):
                 return q
-        q += 4
+        q += 1
     return -1
 
 
+def _pcapng_linktypes(head: bytes) -> list[int]:
+    """Link types of the interfaces the first section defines before its first packet."""
+    out: list[int] = []
+    pos, endian = 0, "<"
+    while pos + 12 <= len(head):
+        if head[pos : pos + 4] == PCAPNG_SHB:
+            endian = "<" if head[pos + 8 : pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+        btype, blen = struct.unpack_from(endian + "II", head, pos)
+        if btype in (2, 3, 6) or blen < 12 or pos + blen > len(head):
+            break
+        if btype == 1 and blen >= 20:
+            out.append(struct.unpack_from(endian + "H", head, pos + 8)[0])
+        pos += blen
+    return out
+
+
+def _unsupported(path: Path, linktypes: list[int]) -> SourceError:
+    supported = ", ".join(f"{k} {v}" for k, v in sorted(SUPPORTED_LINKTYPES.items()))
+    got = ", ".join(str(t) for t in sorted(set(linktypes)))
+    return SourceError(f"{path}: unsupported link type {got} (supported: {supported})")
+
+
+def _packets(n: int) -> str:
+    return f"{n:,} packet" + ("" if n == 1 else "s")
+
+
 class CaptureReader:
-    """Reads one capture file in blocks; yields Batch objects; records damage instead of raising mid-file."""
+    """Reads one capture file in blocks; yields Batch objects; records damage instead of raising mid-file.
+
+    A capture whose link type (every interface's, in pcapng) is unsupported fails at open, in both formats;
+    packets of an unsupported interface beside supported ones are counted as damage and skipped."""
 
     def __init__(self, path: Path, *, batch_packets: int = MAX_BATCH, block_bytes: int = BLOCK_BYTES) -> None:
         self.path = path
@@ -253,7 +436,7 @@ class CaptureReader:
         try:
             self.stats.file_bytes = path.stat().st_size
             with path.open("rb") as fh:
-                head = fh.read(24)
+                head = fh.read(1 << 16)
         except OSError as exc:
             raise SourceError(f"{path}: cannot read capture: {exc.strerror or exc}") from exc
         if len(head) == 0:
@@ -267,37 +450,33 @@ class CaptureReader:
             self._big = endian == ">"
             self._linktype = struct.unpack(endian + "I", head[20:24])[0] & 0x0FFFFFFF
             if self._linktype not in SUPPORTED_LINKTYPES:
-                raise SourceError(
-                    f"{path}: unsupported link type {self._linktype} (supported: "
-                    + ", ".join(f"{k} {v}" for k, v in sorted(SUPPORTED_LINKTYPES.items()))
-                    + ")"
-                )
+                raise _unsupported(path, [self._linktype])
         elif magic == PCAPNG_SHB:
             self.format = "pcapng"
+            linktypes = _pcapng_linktypes(head)
+            if linktypes and not any(t in SUPPORTED_LINKTYPES for t in linktypes):
+                raise _unsupported(path, linktypes)
         else:
             raise SourceError(f"{path}: not a pcap or pcapng capture (magic {magic.hex()})")
 
     def __iter__(self) -> Iterator[Batch]:
         """Batches in file order. A batch's arrays and buffer are reused for the next batch: consumers
-        copy what they keep before asking for the next one (this keeps the reader free of page faults)."""
-        if_link = np.zeros(64, np.int64)
-        if_mul = np.ones(64, np.int64)
-        if_div = np.ones(64, np.int64)
-        state = np.zeros(3, np.int64)
+        copy what they keep before asking for the next one (this keeps the reader free of page faults).
+        Damage to single packets is summed up in stats.damaged when the file ends."""
+        cnt = np.zeros(8, np.int64)
         with self.path.open("rb") as fh:
             if self.format == "pcap":
                 fh.seek(24)
                 self.stats.bytes_read = 24
-            yield from self._blocks(fh, state, if_link, if_mul, if_div)
+            yield from self._blocks(fh, cnt)
+        self._summarise(cnt)
 
-    def _blocks(
-        self,
-        fh: BinaryIO,
-        state: npt.NDArray[np.int64],
-        if_link: npt.NDArray[np.int64],
-        if_mul: npt.NDArray[np.int64],
-        if_div: npt.NDArray[np.int64],
-    ) -> Iterator[Batch]:
+    def _blocks(self, fh: BinaryIO, cnt: npt.NDArray[np.int64]) -> Iterator[Batch]:
+        if_link = np.zeros(64, np.int64)
+        if_mul = np.ones(64, np.int64)
+        if_div = np.ones(64, np.int64)
+        if_ok = np.zeros(64, np.bool_)
+        state = np.zeros(5, np.int64)
         n_max = self.batch_packets
         offs, caplens = np.empty(n_max, np.int64), np.empty(n_max, np.int32)
         wirelens, ts, lts = np.empty(n_max, np.int32), np.empty(n_max, np.int64), np.empty(n_max, np.int16)
@@ -305,61 +484,98 @@ class CaptureReader:
         buf = np.empty(self.block_bytes + MAX_CAPLEN + 65536, np.uint8)
         tail = 0
         eof = False
-        last_sec = -1
+        damage_at = -1  # file offset where the damage being skipped began (-1: none)
+        first = 0  # where resynchronisation starts: 1 past a record known to be bad, else at pos
         while True:
             got = 0 if eof else fh.readinto(memoryview(buf)[tail : tail + self.block_bytes])  # type: ignore[attr-defined,arg-type]
             if not got:
                 eof = True
             end = tail + got
-            if end == 0:
-                return
             pos = 0
-            while True:
+            while end:
+                if damage_at >= 0:
+                    if self.format == "pcap":
+                        last_sec = int(state[S_REF]) // 1_000_000_000 if state[S_HAS_REF] else -1
+                        q = int(resync_pcap(buf[:end], pos + first, end, self._big, last_sec))
+                    else:
+                        q = int(resync_pcapng(buf[:end], pos + first, end, bool(state[S_BIG]), int(state[S_IFACES])))
+                    first = 0
+                    if q < 0:  # skip what cannot start a record; keep the end to search again with more data
+                        keep = 0 if eof else min(end - pos, MAX_CAPLEN + 4096)
+                        self._skip(end - keep - pos)
+                        pos = end - keep
+                        break
+                    self._skip(q - pos)
+                    pos = q
+                    self.stats.damaged.append(
+                        f"corrupt data at byte {damage_at}: skipped {self.stats.bytes_read - damage_at} bytes "
+                        "to the next valid record"
+                    )
+                    damage_at = -1
                 view = buf[pos:end]
                 if self.format == "pcap":
                     n, used, bad = index_pcap(
-                        view, end - pos, self._big, self._ns_per_tick, self._linktype, offs, caplens, wirelens, ts, lts
-                    )
+                        view, end - pos, eof, self._big, self._ns_per_tick, self._linktype, state, cnt,
+                        offs, caplens, wirelens, ts, lts,
+                    )  # fmt: skip
                 else:
                     n, used, bad = index_pcapng(
-                        view, end - pos, state, if_link, if_mul, if_div, offs, caplens, wirelens, ts, lts
-                    )
+                        view, end - pos, eof, state, if_link, if_mul, if_div, if_ok, cnt,
+                        offs, caplens, wirelens, ts, lts,
+                    )  # fmt: skip
                 self.stats.bytes_read += int(used)  # before the yield, so progress sees this batch
                 if n:
                     self.stats.packets += int(n)
-                    last_sec = int(ts[n - 1] // 1_000_000_000)
                     yield Batch(view, offs[:n], caplens[:n], wirelens[:n], ts[:n], lts[:n])
                 pos += int(used)
                 if bad:
-                    at = self.stats.bytes_read
-                    if self.format == "pcap":
-                        q = int(resync_pcap(buf[:end], pos + 1, end, self._big, last_sec))
-                    else:
-                        q = int(resync_pcapng(buf[:end], pos + 4, end, bool(state[0])))
-                    if q < 0:
-                        keep = 0 if eof else min(end - pos, MAX_CAPLEN + 4096)
-                        skip = end - pos - keep
-                        self._damage(f"corrupt data at byte {at}: skipped {skip} bytes", skip)
-                        self.stats.bytes_read += skip
-                        pos = end - keep
-                        break
-                    self._damage(
-                        f"corrupt data at byte {at}: skipped {q - pos} bytes to the next valid record", q - pos
-                    )
-                    self.stats.bytes_read += q - pos
-                    pos = q
-                    continue
-                if n < n_max:
+                    damage_at, first = self.stats.bytes_read, 1
+                elif n < n_max:
                     break
             tail = end - pos
             if eof:
-                if tail:
-                    self._damage(
-                        f"truncated: the last packet is cut short at byte {self.stats.bytes_read} (1 packet lost)", tail
+                if damage_at >= 0:
+                    self.stats.damaged.append(
+                        f"corrupt data at byte {damage_at}: skipped {self.stats.bytes_read - damage_at} bytes "
+                        "to the end of the file"
                     )
+                elif tail:
+                    self.stats.damaged.append(
+                        f"truncated: the last packet is cut short at byte {self.stats.bytes_read} (1 packet lost)"
+                    )
+                    self._skip(tail)
                 return
             buf[:tail] = buf[pos:end]
 
-    def _damage(self, reason: str, skipped: int) -> None:
-        self.stats.damaged.append(reason)
-        self.stats.skipped_bytes += max(0, skipped)
+    def _skip(self, nbytes: int) -> None:
+        self.stats.bytes_read += nbytes
+        self.stats.skipped_bytes += nbytes
+
+    def _summarise(self, cnt: npt.NDArray[np.int64]) -> None:
+        c = [int(x) for x in cnt]
+        if c[C_BAD_TS]:
+            self.stats.damaged.append(
+                f"{_packets(c[C_BAD_TS])} skipped: timestamp beyond what int64 nanoseconds hold (negative or "
+                "after 2262)"
+            )
+        if c[C_FAR_TS]:
+            self.stats.damaged.append(
+                f"{_packets(c[C_FAR_TS])} skipped: timestamp far outside the capture's time range (more than a "
+                "day from the packets around it)"
+            )
+        if c[C_ORIG]:
+            self.stats.damaged.append(
+                f"{_packets(c[C_ORIG])} with an impossible original length (over {MAX_WIRELEN:,} bytes): counted "
+                "with their captured length"
+            )
+        if c[C_TSRESOL]:
+            self.stats.damaged.append(
+                f"{c[C_TSRESOL]} interface(s) with an unusable if_tsresol: read with the default (microseconds)"
+            )
+        if c[C_ZERO]:
+            self.stats.damaged.append(f"{_packets(c[C_ZERO])} skipped: empty, at time 0")
+        if c[C_UNSUP]:
+            more = " and others" if c[C_UNSUP_MANY] else ""
+            self.stats.damaged.append(
+                f"{_packets(c[C_UNSUP])} skipped: on an interface with unsupported link type {c[C_UNSUP_LT]}{more}"
+            )
