@@ -183,18 +183,23 @@ def play(kind_index: int, kind: Kind, variant: int) -> Template:
     """Play one whole session of this kind between the placeholder addresses."""
     out: list[Packet] = []
     flow = TcpFlow(out, _T_CLIENT, 50000, _T_SERVER, kind.port, f"hs:{kind_index}:{variant}", rtt_us=400)
-    isn = (flow._next[True], flow._next[False])  # noqa: SLF001 - the ISNs the template starts from
-    ipid = (flow._ident[True], flow._ident[False])  # noqa: SLF001
     full_handshake(flow, START_US, kind.plan)
     first = round(out[0].ts * 1e6)
     client = pk.packed(_T_CLIENT)
+    from_orig = [p.data[_IP_SRC:_IP_DST] == client for p in out]
+    # the SYN and the SYN-ACK carry each side's ISN; each side's first packet its first IP id
+    syn, syn_ack = out[0].data, out[from_orig.index(False)].data
+
+    def field(frame: bytes, at: int, size: int) -> int:
+        return int.from_bytes(frame[at : at + size], "big")
+
     return Template(
         kind_index,
         [p.data for p in out],
         [round(p.ts * 1e6) - first for p in out],
-        [p.data[_IP_SRC:_IP_DST] == client for p in out],
-        isn,
-        ipid,
+        from_orig,
+        (field(syn, _TCP_SEQ, 4), field(syn_ack, _TCP_SEQ, 4)),
+        (field(syn, _IP_ID, 2), field(syn_ack, _IP_ID, 2)),
     )
 
 
@@ -212,7 +217,8 @@ def _fold(total: I64) -> I64:
 
 def _words(rows: U8) -> I64:
     """Sum of the big-endian 16-bit words of each row."""
-    return np.ascontiguousarray(rows).view(">u2").astype(np.int64).sum(axis=1)
+    sums: I64 = np.ascontiguousarray(rows).view(">u2").astype(np.int64).sum(axis=1)
+    return sums
 
 
 @dataclass
@@ -385,7 +391,287 @@ def write_handshake_capture(path: str | os.PathLike[str], sessions: int, seed: i
     return MixStats(packets, sessions, (last_us - first_us) / 1e6)
 
 
-if __name__ == "__main__":
+# ---- the measurement ------------------------------------------------------------------------------------
+
+TARGETS = {"handshake": {"ndpiReader": 0.5}, "media": {"ndpiReader": 1.0, "tshark": 25.0}}
+RSS_GROWTH_TARGET = 20.0  # per cent, capture N times longer
+# Runs one command with stdout to a file; prints its wall seconds, the peak RSS (KiB) of it and its children.
+_WRAPPER = (
+    "import resource,subprocess,sys,time\n"
+    "with open(sys.argv[1],'wb') as out, open(sys.argv[2],'wb') as err:\n"
+    "    t=time.monotonic();rc=subprocess.call(sys.argv[3:],stdout=out,stderr=err);e=time.monotonic()-t\n"
+    "print(e,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,rc)\n"
+)
+_NDPI_TOTAL = re.compile(r"IP packets:\s+\d+\s+of\s+(\d+)\s+packets total")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed run of one tool over one capture."""
+
+    tool: str
+    mix: str
+    capture: str
+    packets: int
+    seconds: float
+    rss_mib: float
+    exit_code: int
+
+    @property
+    def pps(self) -> float:
+        return self.packets / self.seconds
+
+
+def _timed(cmd: list[str], tmp: Path) -> tuple[float, float, int, Path]:
+    """Wall seconds, peak RSS (MiB), exit code and stdout file of one command in a fresh wrapper process."""
+    out, err = tmp / "stdout", tmp / "stderr"
+    r = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, str(out), str(err), *cmd], capture_output=True, text=True, check=True
+    )
+    secs, rss, rc = r.stdout.split()
+    if int(rc) not in (0, 1):
+        tail = err.read_text(errors="replace").strip().splitlines()[-3:]
+        raise SystemExit(f"benchmark command failed ({rc}): {' '.join(cmd)}: {' / '.join(tail)}")
+    return float(secs), int(rss) / 1024, int(rc), out
+
+
+def sensor_cmd(path: Path, lake: Path) -> list[str]:
+    exe = shutil.which("lync-sensor") or str(Path(sys.executable).with_name("lync-sensor"))
+    config = ROOT / "deploy" / "lync-sensor.example.toml"
+    return [exe, "analyze", str(path), "--config", str(config), "--lake", str(lake), "--no-progress", "--json"]
+
+
+def run_tool(tool: str, mix: str, path: Path, packets: int, tmp: Path) -> Run:
+    """Time one tool over the whole capture and check it saw every packet."""
+    lake = Path(tempfile.mkdtemp(prefix="lake-", dir=tmp))
+    cmd = {
+        # exit 1 = a rule found violations: a result, not a failure
+        "lync-sensor analyze": sensor_cmd(path, lake),
+        # without -q (which prints nothing) ndpiReader prints its statistics only; -v would list every flow
+        "ndpiReader": ["ndpiReader", "-i", str(path)],
+        "tshark": ["tshark", "-r", str(path), "-T", "fields", "-e", "frame.number"],
+    }[tool]
+    secs, rss, rc, out = _timed(cmd, tmp)
+    if tool == "lync-sensor analyze":
+        seen = int(json.loads(out.read_text())["packets"])
+    elif tool == "ndpiReader":
+        m = _NDPI_TOTAL.search(out.read_text(errors="replace"))
+        seen = int(m.group(1)) if m else -1
+    else:
+        with out.open("rb") as fh:
+            seen = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    if seen != packets:
+        raise SystemExit(f"{tool} saw {seen:,} packets of {path.name}, which holds {packets:,}")
+    shutil.rmtree(lake, ignore_errors=True)
+    return Run(tool, mix, path.name, packets, secs, rss, rc)
+
+
+def best(tool: str, mix: str, path: Path, packets: int, tmp: Path, repeat: int) -> Run:
+    """The fastest of `repeat` runs (the least disturbed by other work on the machine)."""
+    return min((run_tool(tool, mix, path, packets, tmp) for _ in range(repeat)), key=lambda r: r.seconds)
+
+
+def handshake_capture(out: Path, sessions: int, seed: int = 1) -> tuple[Path, int]:
+    """The handshake-heavy capture of this many sessions, generated once and reused (with a metadata file)."""
+    path = out / f"lync-handshake-{sessions}.pcap"
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists() and json.loads(meta.read_text()).get("sessions") == sessions:
+        return path, int(json.loads(meta.read_text())["packets"])
     t0 = time.monotonic()
-    st = write_handshake_capture(sys.argv[1], int(sys.argv[2]))
-    print(st, time.monotonic() - t0)
+    stats = write_handshake_capture(path, sessions, seed)
+    meta.write_text(json.dumps(dataclasses.asdict(stats)))
+    print(
+        f"generated {path.name}: {stats.packets:,} packets, {sessions:,} TLS sessions, "
+        f"{stats.duration:.0f} s of traffic in {time.monotonic() - t0:.1f} s",
+        file=sys.stderr,
+    )
+    return path, stats.packets
+
+
+def media_capture(out: Path, packets: int) -> tuple[Path, int]:
+    """The media-heavy Lync mix of bench_analyze.py (sensor.synth.bulk)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_analyze import capture
+
+    return capture(out, packets), packets
+
+
+def _revision() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = " + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return f"{git('rev-parse', '--short', 'HEAD') or 'unknown'}{dirty}"
+
+
+def _k(pps: float) -> str:
+    return f"{pps / 1e6:.2f} M" if pps >= 1e6 else f"{pps / 1e3:,.0f} k"
+
+
+def _verdict(ratio: float, target: float) -> str:
+    return "met" if ratio >= target else f"missed by {target / ratio:.1f}x"
+
+
+@dataclass
+class MixResult:
+    """Every run over one mix: the three tools on the base capture, analyze on the longer one."""
+
+    mix: str
+    label: str
+    capture: str
+    bytes: int
+    packets: int
+    runs: list[Run]
+    long: Run | None = None
+    long_label: str = ""
+
+    def run(self, tool: str) -> Run:
+        return next(r for r in self.runs if r.tool == tool)
+
+    def ratio(self, peer: str) -> float:
+        return self.run("lync-sensor analyze").pps / self.run(peer).pps
+
+    def rss_growth(self) -> float | None:
+        if self.long is None:
+            return None
+        base = self.run("lync-sensor analyze").rss_mib
+        return (self.long.rss_mib - base) / base * 100
+
+    def as_json(self) -> dict[str, object]:
+        out = dataclasses.asdict(self)
+        out["runs"] = [dataclasses.asdict(r) | {"pps": r.pps} for r in self.runs]
+        if self.long is not None:
+            out["long"] = dataclasses.asdict(self.long) | {"pps": self.long.pps}
+        out["ratios"] = {peer: self.ratio(peer) for peer in ("ndpiReader", "tshark")}
+        out["targets"] = TARGETS[self.mix]
+        out["rss_growth_pct"] = self.rss_growth()
+        return out
+
+
+def report(header: dict[str, str], load_start: float, long_factor: int, mixes: list[MixResult]) -> str:
+    """The results as Markdown tables and one verdict per target."""
+    lines = [
+        f"Machine: {header['machine']}; lync-sensor {header['revision']}; {header['date']}; "
+        f"load average at start {load_start:.2f}",
+        "",
+        "| capture (same file, same run) | packets | lync-sensor analyze | nDPI ndpiReader | tshark -T fields |"
+        " analyze / ndpiReader | analyze / tshark |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    verdicts = []
+    for m in mixes:
+        cells = [f"{_k(r.pps)} packets/s, {r.rss_mib:,.0f} MiB" for r in m.runs]
+        targets = TARGETS[m.mix]
+        for peer in ("ndpiReader", "tshark"):
+            target = f" (target >= {targets[peer]:g}x)" if peer in targets else ""
+            cells.append(f"{m.ratio(peer):.2f}x{target}")
+        lines.append(f"| {m.label} | {m.packets:,} | " + " | ".join(cells) + " |")
+        verdicts += [
+            f"{m.mix}: analyze = {m.ratio(p):.2f}x {p}'s packets/s (target >= {t:g}x): {_verdict(m.ratio(p), t)}"
+            for p, t in targets.items()
+        ]
+    longs = [m for m in mixes if m.long is not None]
+    if longs:
+        lines += [
+            "",
+            f"Memory: peak RSS of lync-sensor analyze on the same mix {long_factor}x longer",
+            "",
+            "| capture | packets | packets/s | peak RSS | peak RSS at 1x | growth |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+    for m in longs:
+        assert m.long is not None
+        growth = m.rss_growth() or 0.0
+        base = m.run("lync-sensor analyze").rss_mib
+        lines.append(
+            f"| {m.long_label} | {m.long.packets:,} | {_k(m.long.pps)} packets/s | {m.long.rss_mib:,.0f} MiB | "
+            f"{base:,.0f} MiB | {growth:+.1f}% |"
+        )
+        ok = "met" if abs(growth) <= RSS_GROWTH_TARGET else "missed"
+        verdicts.append(
+            f"{m.mix}: peak RSS {growth:+.1f}% for a capture {long_factor}x longer "
+            f"(target within {RSS_GROWTH_TARGET:g}%): {ok}"
+        )
+    lines += ["", *verdicts]
+    if load_start > 1.0:
+        lines.append("note: the machine was busy when the run started; the packets/s above are low bounds")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mixes", default="handshake,media", help="comma-separated: handshake, media")
+    ap.add_argument("--sessions", type=int, default=20_000, help="TLS sessions in the handshake-heavy mix")
+    ap.add_argument("--media-packets", type=int, default=5_000_000, help="packets in the media-heavy mix")
+    ap.add_argument("--long-factor", type=int, default=5, help="memory check: the same mix N times longer (1 = off)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per tool and capture; the fastest counts")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    ap.add_argument("--keep", action="store_true", help="keep the generated captures for the next run")
+    args = ap.parse_args()
+    mixes = [m.strip() for m in args.mixes.split(",") if m.strip()]
+    if not mixes or any(m not in TARGETS for m in mixes):
+        print(f"bench_stream: --mixes takes handshake and/or media, not {args.mixes!r}", file=sys.stderr)
+        return 2
+    missing = [tool for tool in ("ndpiReader", "tshark") if shutil.which(tool) is None]
+    if missing:
+        print(f"bench_stream: {', '.join(missing)} not installed (sh deploy/bootstrap.sh bench)", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    header = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "revision": _revision(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    load_start = os.getloadavg()[0]
+    generated: list[Path] = []
+
+    def make(mix: str, factor: int) -> tuple[Path, int, str]:
+        if mix == "handshake":
+            path, n = handshake_capture(args.out, args.sessions * factor)
+            label = f"handshake-heavy, {args.sessions * factor:,} TLS sessions"
+        else:
+            path, n = media_capture(args.out, args.media_packets * factor)
+            label = "media-heavy (Lync mix, ~99% RTP/SRTP)"
+        generated.extend([path, path.with_suffix(".json")])
+        return path, n, label
+
+    results: list[MixResult] = []
+    with tempfile.TemporaryDirectory(prefix="lync-bench-stream-") as tmp_s:
+        tmp = Path(tmp_s)
+        # warm the compile cache on small captures of both mixes: the steady state a deployed sensor sees
+        warm_hs = tmp / "warm-handshake.pcap"
+        write_handshake_capture(warm_hs, 200)
+        warm_media, _ = media_capture(tmp, 20_000)
+        for warm in (warm_hs, warm_media):
+            _timed(sensor_cmd(warm, Path(tempfile.mkdtemp(prefix="lake-", dir=tmp))), tmp)
+        for mix in mixes:
+            path, packets, label = make(mix, 1)
+            tools = ("lync-sensor analyze", "ndpiReader", "tshark")
+            m = MixResult(mix, label, path.name, path.stat().st_size, packets, [])
+            for tool in tools:
+                m.runs.append(best(tool, mix, path, packets, tmp, args.repeat))
+                r = m.runs[-1]
+                print(f"{mix}: {tool}: {r.pps:,.0f} packets/s, peak RSS {r.rss_mib:,.0f} MiB", file=sys.stderr)
+            if args.long_factor > 1:
+                lpath, lpackets, m.long_label = make(mix, args.long_factor)
+                m.long = run_tool("lync-sensor analyze", mix, lpath, lpackets, tmp)
+            results.append(m)
+    text = report(header, load_start, args.long_factor, results)
+    print(text)
+    (args.out / "stream-results.md").write_text(text + "\n")
+    doc = {
+        **header,
+        "load_start": load_start,
+        "load_end": os.getloadavg()[0],
+        "long_factor": args.long_factor,
+        "mixes": {m.mix: m.as_json() for m in results},
+    }
+    (args.out / "stream-results.json").write_text(json.dumps(doc, indent=1) + "\n")
+    if not args.keep:
+        for p in generated:
+            p.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
