@@ -51,7 +51,9 @@ TLS_GATEWAY = RULE_CASE_ROLES["pstn_gateway"][1]
 XMPP_TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
 
 
-def flow_record(orig: tuple[str, int], resp: tuple[str, int], proto: str = "tcp", **facts: object) -> dict[str, object]:
+def flow_record(
+    orig: tuple[str, int], resp: tuple[str, int], proto: str = "tcp", /, **facts: object
+) -> dict[str, object]:
     """One flow record as the lake holds it, for rule tests that need no capture: every column of the flow
     schema null except the connection, its roles (RULE_CASE_ROLES unless given) and the facts given."""
     row: dict[str, object] = dict.fromkeys(FLOW_SCHEMA.names)
