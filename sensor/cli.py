@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lync-sensor", description="Passive Lync Server 2013 protection sensor.")
     parser.add_argument("--version", action="version", version=f"lync-sensor {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    parser.add_argument(
+        "--debug", action="store_true", help="on an unexpected error, print its traceback before the one-line message"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("analyze", help="analyse pcap/pcapng captures into the lake and print a summary")
@@ -139,8 +143,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for rep in result.captures:
         for reason in rep.damaged:
             print(
-                f"warning: {rep.path}: {reason}; {rep.packets:,} packets read before it, "
-                f"{rep.skipped_bytes:,} bytes skipped",
+                f"warning: {rep.path}: {reason} ({rep.packets:,} packets read in all)",
                 file=sys.stderr,
             )
     code = _verdict(report)
@@ -323,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except SensorError as exc:
-        print(f"lync-sensor: error: {exc}", file=sys.stderr)
+        print(f"lync-sensor: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("lync-sensor: interrupted", file=sys.stderr)
@@ -331,6 +334,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `lync-sensor ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as exc:  # a defect, not a result: exit 2, never Python's 1 (which means "violations found")
+        if args.debug:
+            traceback.print_exc()
+        hint = "" if args.debug else " (run with --debug for the traceback)"
+        print(f"lync-sensor: internal error: {type(exc).__name__}: {_one_line(exc)}{hint}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _one_line(exc: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 if __name__ == "__main__":

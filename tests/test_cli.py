@@ -170,3 +170,60 @@ def test_config_check_and_show() -> None:
     assert r.returncode == 0 and "config ok" in r.stdout
     r = run("config", "show", "--config", str(EXAMPLE_CONFIG), "--set", "sensor.interval=30")
     assert r.returncode == 0 and '"interval": 30' in r.stdout
+
+
+# an unexpected exception, raised where every command passes (loading the config)
+COMMANDS = [
+    ["analyze", "x.pcap"],
+    ["check"],
+    ["rules", "lint"],
+    ["run"],
+    ["status"],
+    ["config", "check"],
+    ["ingest-zeek", "logs"],
+    ["zeek-topology"],
+]
+
+
+def _defect(*_: object, **__: object) -> None:
+    raise ValueError("first line of a defect\n  second line")
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: a[0])
+def test_unexpected_exception_exits_2_with_one_line(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sensor.cli
+
+    monkeypatch.setattr(sensor.cli, "_load", _defect)
+    assert main(argv) == 2  # never 1, which means "violations found"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "internal error: ValueError: first line of a defect; second line" in err and "--debug" in err
+
+
+def test_debug_flag_prints_the_traceback(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import sensor.cli
+
+    monkeypatch.setattr(sensor.cli, "_load", _defect)
+    assert main(["--debug", "config", "check"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "Traceback (most recent call last):" and "_defect" in "\n".join(err)
+    assert err[-1] == "lync-sensor: internal error: ValueError: first line of a defect; second line"
+
+
+def test_damaged_capture_is_a_warning_with_exit_0(tmp_path: Path) -> None:
+    """A capture whose damage once ended in a traceback and exit 1: an orig_len beyond int32 and zeros."""
+    import struct
+
+    data = bytearray(capture("heplify__sip_ipv4_tcp.pcap").read_bytes())
+    struct.pack_into("<I", data, 24 + 12, 0x80000000)  # the first record's orig_len
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(bytes(data) + b"\0" * 64)
+    r = run("analyze", str(bad), "--lake", str(tmp_path / "lake"), "--no-progress", "--no-rules")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"warning: {bad}: ") for line in lines)
+    (total,) = lake_rows(tmp_path / "lake", "SELECT sum(orig_pkts + resp_pkts) FROM f")
+    assert total == (84,)
