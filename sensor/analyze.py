@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,75 +19,17 @@ from sensor import packets as pk
 from sensor import rtp
 from sensor.catalogue import Catalogue
 from sensor.config import Config
-from sensor.dissect import DissectedPacket, DissectorProcess
-from sensor.factcap import FactCapture
-from sensor.http import HttpFacts
+from sensor.facts.flowfacts import FlowFacts
+from sensor.path import PacketPath
 from sensor.schema import FLOW_SCHEMA
-from sensor.sip import SdpMedia, SipFacts
+from sensor.sip import SdpMedia
 from sensor.sources.pcap import CaptureReader
-from sensor.stun import StunFacts
-from sensor.tls import TlsFacts
 from sensor.topology import Topology
 
 log = logging.getLogger(__name__)
 
 MEDIA_APPS = ("rtp", "srtp", "rtcp", "srtcp")
 ProgressFn = Callable[[str, int, int, int], None]  # (file, bytes read, file bytes, packets)
-
-
-@dataclass
-class FlowFacts:
-    """Everything the dissectors told us about one flow."""
-
-    tls: TlsFacts = field(default_factory=TlsFacts)
-    sip: SipFacts = field(default_factory=SipFacts)
-    http: HttpFacts = field(default_factory=HttpFacts)
-    stun: StunFacts = field(default_factory=StunFacts)
-    dtls_srtp: bool = False
-
-    def observe(self, p: DissectedPacket, direction: int) -> None:
-        if p.has("tls"):
-            self.tls.observe(p, direction)
-        if p.has("sip"):
-            self.sip.observe(p, direction)
-        if p.has("http"):
-            self.http.observe(p, direction)
-        if p.has("stun") or p.has("classicstun"):
-            self.stun.observe(p, direction)
-        if any("use_srtp" in k for k in p.fields):
-            self.dtls_srtp = True
-
-
-class FactSink:
-    """Collects the dissected fact packets into FlowFacts per flow (called from the dissector's reader)."""
-
-    def __init__(self, factcap: FactCapture, *, redact_query: bool) -> None:
-        self.factcap = factcap
-        self.redact_query = redact_query
-        self.facts: dict[int, FlowFacts] = {}
-        self.last_frame = 0
-        self.lock = threading.Lock()  # the live sensor remaps flow indices when it compacts the flow table
-
-    def __call__(self, p: DissectedPacket) -> None:
-        with self.lock:
-            self.last_frame = max(self.last_frame, p.number)
-            i = p.number - 1 - self.factcap.base
-            if i < 0 or i >= len(self.factcap.flow):
-                return
-            f = self.factcap.flow[i]
-            if f < 0:
-                return
-            ff = self.facts.get(f)
-            if ff is None:
-                ff = self.facts[f] = FlowFacts(http=HttpFacts(redact_query=self.redact_query))
-            ff.observe(p, self.factcap.direction[i])
-
-    def remap(self, remap: np.ndarray) -> None:
-        """Follow a compaction of the flow table (old index -> new index, -1 dropped)."""
-        with self.lock:
-            self.facts = {int(remap[f]): ff for f, ff in self.facts.items() if f < remap.size and remap[f] >= 0}
-            self.factcap.forget(self.last_frame - self.factcap.base)  # frames dissected already
-            self.factcap.remap(remap)
 
 
 @dataclass
@@ -138,54 +79,41 @@ class Analyzer:
         self.progress = progress
         self.source_name = source_name
 
+    def packet_path(self) -> PacketPath:
+        return PacketPath(self.cfg, self.catalogue.server_ports("tcp"), self.catalogue.server_ports("udp"))
+
     def run(self, captures: Sequence[Path]) -> Analysis:
         started = time.monotonic()
-        s = self.cfg.sensor
-        table = fl.FlowTable(
-            interval_s=s.interval,
-            idle_s=s.idle_timeout,
-            fact_packets=s.fact_packets_per_flow,
-            sip_messages=s.sip_messages_per_flow,
-            server_tcp=self.catalogue.server_ports("tcp"),
-            server_udp=self.catalogue.server_ports("udp"),
-        )
         readers = [CaptureReader(p) for p in captures]  # open all first: a bad path fails before any work
         reports: list[CaptureReport] = []
-        packets = 0
-        factcap = FactCapture()
-        sink = FactSink(factcap, redact_query=self.cfg.privacy.redact_http_query)
-        worker = DissectorProcess(factcap.read_fd, sink)
+        path = self.packet_path()
         try:
             for reader in readers:
                 for batch in reader:
-                    facts = table.add(batch)
-                    factcap.add(batch, facts)
-                    packets += len(batch)
+                    path.feed(batch)
                     if self.progress:
                         st = reader.stats
-                        self.progress(str(reader.path), st.bytes_read, st.file_bytes, packets)
+                        self.progress(str(reader.path), st.bytes_read, st.file_bytes, path.packets)
                 st = reader.stats
                 reports.append(
                     CaptureReport(reader.path, reader.format, st.packets, list(st.damaged), st.skipped_bytes)
                 )
-            table.finish()
+            scanned = time.monotonic()
+            path.finish()
         except BaseException:
-            worker.kill()
-            factcap.close(abandon=True)
+            path.abort()
             raise
-        scanned = time.monotonic()
-        try:
-            factcap.close()
-        finally:
-            worker.wait()
         log.debug(
-            "fast path %.2f s; dissectors finished %.2f s later (%d fact packets)",
+            "fast path %.2f s; facts finished %.2f s later (%d fact units); IP fragments %s",
             scanned - started,
             time.monotonic() - scanned,
-            factcap.count,
+            path.fact_count,
+            path.fragment_report(),
         )
-        out = self.build_records(table, sink.facts)
-        return Analysis(out, reports, packets, factcap.count, table.non_ip, time.monotonic() - started)
+        out = self.build_records(path.table, path.facts)
+        return Analysis(
+            out, reports, path.packets, path.fact_count, path.table.non_ip, time.monotonic() - started
+        )
 
     # ---- building the flow table ---------------------------------------------------------------
     def build_records(

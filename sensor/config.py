@@ -55,6 +55,12 @@ class SensorSettings:
     flow_capacity: int = 1_000_000
     sip_messages_per_flow: int = 64
     fact_packets_per_flow: int = 12
+    # "native": handshake facts parsed in-process from reassembled streams; "wireshark": the fact packets go to
+    # Wireshark's dissectors (tshark) instead, a second opinion at Wireshark's speed.
+    dissector: str = "native"
+    stream_bytes: int = 65536  # per TCP direction, the first bytes reassembled by sequence number
+    fragment_capacity: int = 256  # IP datagrams in reassembly at once (the oldest is evicted beyond)
+    fragment_timeout: int = 30  # seconds an incomplete IP datagram is kept (Linux's ipfrag_time)
     rules: str = ""  # directory of rule files; "" = the queries/ shipped with the sensor
 
 
@@ -441,6 +447,10 @@ _SCHEMA = _Table(
                 "flow_capacity": _integer(1, 1_000_000_000),
                 "sip_messages_per_flow": _integer(0, 100_000),
                 "fact_packets_per_flow": _integer(0, 100_000),
+                "dissector": _choice(("native", "wireshark")),
+                "stream_bytes": _integer(1024, 1 << 20),
+                "fragment_capacity": _integer(1, 65_536),
+                "fragment_timeout": _integer(1, 3600),
                 "rules": _string_or_empty(),
             }
         ),

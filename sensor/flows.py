@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 import sensor.jit  # noqa: F401  (numba cache location; before any @njit)
 from sensor import packets as pk
-from sensor import rtp
+from sensor import rtp, stream
 from sensor.sources.pcap import Batch
 
 # Per-flow int64 columns (FS matrix). Pairs are [originator, responder].
@@ -35,7 +35,12 @@ F_LEN_TESTED, F_LEN_PLAIN, F_LEN_TAG, F_RTCP_PLAIN, F_RTCP_SRTCP, F_NIB_PKTS, F_
     41,
 )
 F_CLS = 42
-NFS = F_CLS + pk.NCLS
+# Stream layer, per direction [originator, responder]: initial sequence number + 1 (-1: SYN not seen), first
+# payload sequence number seen, relative offset past which nothing is kept, bytes kept, kept bytes capped.
+F_ISN = F_CLS + pk.NCLS
+F_SEQ0, F_LIMIT, F_STORED, F_CAPPED, F_SEEN_CLS, F_DG = (F_ISN + 2 * k for k in range(1, 7))
+F_STREAM_DONE, F_SEG_TS, F_HAS_SEGS = F_ISN + 14, F_ISN + 15, F_ISN + 16
+NFS = F_ISN + 17
 # Per-flow uint64 columns: addresses (128-bit as hi/lo) and the RTP payload-type bitmap.
 U_ORIG_HI, U_ORIG_LO, U_RESP_HI, U_RESP_LO, U_PT_LO, U_PT_HI = range(6)
 NFU = 6
@@ -44,9 +49,16 @@ R_FLOW, R_SEQ, R_FIRST, R_LAST, R_PK, R_BY, R_IPBY = 0, 1, 2, 3, 4, 6, 8
 NREC = 10
 
 FL_SYN, FL_FIN, FL_RST = 1, 2, 4
-ST_DONE, ST_NEED_RECORDS, ST_NEED_FLOWS, ST_NEED_TABLE = 0, 1, 2, 3
+ST_DONE, ST_NEED_RECORDS, ST_NEED_FLOWS, ST_NEED_TABLE, ST_NEED_SEGS, ST_NEED_ARENA = range(6)
 # kernel counters (the `state` array)
-S_NFLOWS, S_NREC, S_HTUSED, S_NONIP, S_FRAGS = range(5)
+S_NFLOWS, S_NREC, S_HTUSED, S_NONIP, S_FRAGS, S_NSEG, S_ARENA, S_NDG, S_DGARENA = range(9)
+NSTATE = 9
+# Fact datagrams for the native parsers: flow, direction, time, arena offset, length, kind.
+DG_FLOW, DG_DIR, DG_TS, DG_OFF, DG_LEN, DG_KIND = range(6)
+NDGC = 6
+DG_DATAGRAM, DG_MESSAGE = 0, 1  # a UDP payload; a SIP/HTTP message in a TCP segment past the stream prefix
+# A TCP stream whose offset 0 is no protocol with handshake facts keeps only this much (R1 reads its first byte).
+SHORT_PREFIX = 256
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -76,7 +88,7 @@ def _emit(fs, rec, state, f):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True)
-def _new_flow(fs, fu, nib, state, h_src_first, shi, slo, dhi, dlo, sport, dport, proto, ipver, ts):  # type: ignore[no-untyped-def]
+def _new_flow(fs, fu, nib, state, h_src_first, shi, slo, dhi, dlo, sport, dport, proto, ipver, ts, stream_k):  # type: ignore[no-untyped-def]
     f = state[S_NFLOWS]
     state[S_NFLOWS] = f + 1
     for c in range(NFS):
@@ -101,6 +113,10 @@ def _new_flow(fs, fu, nib, state, h_src_first, shi, slo, dhi, dlo, sport, dport,
         fs[f, F_FIRST_CLS + d] = -1
         fs[f, F_RTP_SSRC + d] = -1
         fs[f, F_SEQ_LAST + d] = -1
+        fs[f, F_ISN + d] = -1
+        fs[f, F_SEQ0 + d] = -1
+        fs[f, F_LIMIT + d] = stream_k
+        fs[f, F_SEEN_CLS + d] = -1
     return f
 
 
@@ -133,9 +149,27 @@ def process(  # type: ignore[no-untyped-def]
     mtable,
     mlen,
     frame_unit,
+    native,
+    stream_k,
+    sg,
+    arena,
+    dg,
+    dgarena,
+    fk,
+    fi,
+    fdata,
+    fcov,
+    fstate,
+    frag_timeout_ns,
+    scratch,
 ):
     """Account packets start.. of one batch. Returns (next index, status); a status other than ST_DONE
-    asks the caller to grow the named array and call again from that index."""
+    asks the caller to grow the named array and call again from that index.
+
+    native: facts are parsed in-process; TCP segments of each direction's first stream_k bytes go to the
+    segment table `sg` (bytes in `arena`) and fact datagrams (SIP, STUN, DTLS over UDP; SIP/HTTP messages
+    past a TCP stream's prefix) to `dg` (bytes in `dgarena`). Otherwise fact packets are marked for Wireshark.
+    """
     n = offs.shape[0]
     mask = np.uint64(ht_keys.shape[0] - 1)
     for i in range(start, n):
@@ -145,16 +179,78 @@ def process(  # type: ignore[no-untyped-def]
             return i, ST_NEED_FLOWS
         if (state[S_HTUSED] + 1) * 2 > ht_keys.shape[0]:
             return i, ST_NEED_TABLE
+        if native:
+            if state[S_NSEG] + 2 > sg.shape[0] or state[S_NDG] + 2 > dg.shape[0]:
+                return i, ST_NEED_SEGS
+            if state[S_ARENA] + 65536 > arena.shape[0] or state[S_DGARENA] + 65536 > dgarena.shape[0]:
+                return i, ST_NEED_ARENA
         fact_mask[i] = 0
-        ok, ipver, shi, slo, dhi, dlo, proto, sport, dport, poff, plen, flags, iplen, ff = pk.decode(
-            buf, offs[i], caplens[i], lts[i]
+        ok, ipver, shi, slo, dhi, dlo, proto, sport, dport, poff, plen, flags, iplen, isfrag, seq, fr, fid = (
+            pk.decode(buf, offs[i], caplens[i], lts[i])
         )
         if not ok:
             state[S_NONIP] += 1
             continue
-        if not ff:
-            state[S_FRAGS] += 1
         ts = tss[i]
+        pbuf = buf
+        if isfrag:
+            state[S_FRAGS] += 1
+            if proto != 6 and proto != 17:
+                continue
+            slot = stream.frag_add(
+                fk,
+                fi,
+                fdata,
+                fcov,
+                fstate,
+                shi,
+                slo,
+                dhi,
+                dlo,
+                proto,
+                ipver,
+                fid,
+                fr & 0xFFFFFFFF,
+                fr >> 32,
+                buf,
+                poff,
+                plen,
+                ts,
+                frag_timeout_ns,
+            )
+            if slot < 0:
+                if not native and proto == 17:
+                    fact_mask[i] = 1  # Wireshark reassembles the datagram from every fragment
+                    fact_flow[i] = -1
+                    fact_dir[i] = 0
+                continue
+            total = fi[slot, stream.FI_TOTAL]
+            for j in range(total):
+                scratch[j] = fdata[slot, j]
+            stream.frag_release(fi, fcov, slot)
+            pbuf = scratch
+            iplen = total + (20 if ipver == 4 else 40)
+            if proto == 6:
+                if total < 20:
+                    continue
+                sport = pk.be16(pbuf, 0)
+                dport = pk.be16(pbuf, 2)
+                seq = pk.be32(pbuf, 4)
+                flags = pbuf[13]
+                poff = (pbuf[12] >> 4) * 4
+                plen = total - poff
+            else:
+                if total < 8:
+                    continue
+                sport = pk.be16(pbuf, 0)
+                dport = pk.be16(pbuf, 2)
+                poff = 8
+                plen = total - 8
+                ulen = pk.be16(pbuf, 4) - 8
+                if 0 <= ulen < plen:
+                    plen = ulen
+            if plen < 0:
+                plen = 0
         # canonical endpoint order so both directions hash alike
         src_low = (shi < dhi) or (shi == dhi and (slo < dlo or (slo == dlo and sport <= dport)))
         if src_low:
@@ -205,7 +301,9 @@ def process(  # type: ignore[no-untyped-def]
                     src_first = False
             if ht_keys[slot] == 0:
                 state[S_HTUSED] += 1
-            f = _new_flow(fs, fu, nib, state, src_first, shi, slo, dhi, dlo, sport, dport, proto, ipver, ts)
+            f = _new_flow(
+                fs, fu, nib, state, src_first, shi, slo, dhi, dlo, sport, dport, proto, ipver, ts, stream_k
+            )
             ht_keys[slot] = h
             ht_vals[slot] = f
         d = 0
@@ -224,77 +322,64 @@ def process(  # type: ignore[no-untyped-def]
         fs[f, F_IPBY + d] += iplen
         fs[f, F_TOT_PK + d] += 1
         fs[f, F_TOT_BY + d] += plen
+        rel = 0
         if proto == 6:
             if flags & 0x02:
                 fs[f, F_FLAGS] |= FL_SYN
+                if fs[f, F_ISN + d] < 0:
+                    fs[f, F_ISN + d] = (seq + 1) & 0xFFFFFFFF
+                seq = (seq + 1) & 0xFFFFFFFF  # data on a SYN (TCP Fast Open) starts after it
             if flags & 0x01:
                 fs[f, F_FLAGS] |= FL_FIN
             if flags & 0x04:
                 fs[f, F_FLAGS] |= FL_RST
+            if plen > 0:
+                base = fs[f, F_ISN + d]
+                if base < 0:
+                    if fs[f, F_SEQ0 + d] < 0:
+                        fs[f, F_SEQ0 + d] = seq
+                    base = fs[f, F_SEQ0 + d]
+                rel = stream.rel_seq(seq, base)
         if plen <= 0:
             continue
-        cls = pk.classify(buf, poff, plen, proto, mtable, mlen)
+        cls = pk.classify(pbuf, poff, plen, proto, mtable, mlen)
         fs[f, F_CLS + cls] += 1
-        if fs[f, F_FIRST_BYTE + d] < 0:
-            fs[f, F_FIRST_BYTE + d] = buf[poff]
+        if proto == 17:
+            if fs[f, F_FIRST_BYTE + d] < 0:
+                fs[f, F_FIRST_BYTE + d] = pbuf[poff]
+                fs[f, F_FIRST_CLS + d] = cls
+        elif rel == 0 and fs[f, F_ISN + d] >= 0 and fs[f, F_FIRST_BYTE + d] < 0:
+            # "first payload byte" is stream offset 0, whatever order the segments came in; unknown when
+            # the SYN (and so offset 0) was not seen
+            fs[f, F_FIRST_BYTE + d] = pbuf[poff]
             fs[f, F_FIRST_CLS + d] = cls
-        first = fs[f, F_FIRST_CLS]
-        if first < 0:
-            first = fs[f, F_FIRST_CLS + 1]
-        # Fact packets: the opening payload packets of flows that start with a handshake or a request
-        # (enough for tshark to reassemble a TLS flight), and SIP/HTTP messages up to a per-flow cap.
-        want = False
-        if cls == pk.CLS_SIP_REQ or cls == pk.CLS_SIP_RESP or cls == pk.CLS_HTTP_REQ:
-            if fs[f, F_SIP_FACTS] < k_sip:
-                fs[f, F_SIP_FACTS] += 1
-                want = True
-        elif fs[f, F_DATA_PKTS + d] < k_fact:
-            if proto == 6:
-                want = (
-                    first == pk.CLS_TLS_HS
-                    or first == pk.CLS_TLS_REC
-                    or first == pk.CLS_SSL2
-                    or first == pk.CLS_SIP_REQ
-                    or first == pk.CLS_SIP_RESP
-                    or first == pk.CLS_HTTP_REQ
-                    or first == pk.CLS_STUN
-                    or first == pk.CLS_STUN_OLD
-                )
-            else:
-                want = cls == pk.CLS_STUN or cls == pk.CLS_STUN_OLD or cls == pk.CLS_DTLS
-        fs[f, F_DATA_PKTS + d] += 1
-        if cls == pk.CLS_TLS_REC and (buf[poff] == 23 or buf[poff] == 20):
-            # ChangeCipherSpec or application data: this side's cleartext handshake is over, later
-            # records are encrypted and tell the dissectors nothing.
-            if fs[f, F_DATA_PKTS + d] < k_fact:
-                fs[f, F_DATA_PKTS + d] = k_fact
-            want = want and buf[poff] == 20
-        if want:
-            fact_mask[i] = 1
-            fact_flow[i] = f
-            fact_dir[i] = d
-            fs[f, F_FACTS] += 1
+        if fs[f, F_SEEN_CLS + d] < 0:
+            fs[f, F_SEEN_CLS + d] = cls
+        if native:
+            _native_facts(pbuf, poff, plen, proto, cls, f, d, rel, ts, fs, sg, arena, dg, dgarena, state, stream_k, k_fact, k_sip)
+        else:
+            _wireshark_facts(pbuf, poff, plen, proto, cls, f, d, i, fs, fact_mask, fact_flow, fact_dir, k_fact, k_sip)
         if proto != 17:
             continue
         if cls == pk.CLS_RTP:
-            ssrc = pk.be32(buf, poff + 8)
+            ssrc = pk.be32(pbuf, poff + 8)
             if fs[f, F_RTP_SSRC + d] < 0:
                 fs[f, F_RTP_SSRC + d] = ssrc
             if fs[f, F_RTP_SSRC + d] == ssrc:
                 fs[f, F_SSRC_SAME] += 1
-            seq = pk.be16(buf, poff + 2)
+            seq = pk.be16(pbuf, poff + 2)
             if (fs[f, F_SEQ_LAST + d] >= 0 and seq == ((fs[f, F_SEQ_LAST + d] + 1) & 0xFFFF)) or fs[
                 f, F_SEQ_LAST + d
             ] < 0:
                 fs[f, F_SEQ_OK] += 1
             fs[f, F_SEQ_LAST + d] = seq
-            pt = buf[poff + 1] & 0x7F
+            pt = pbuf[poff + 1] & 0x7F
             if pt < 64:
                 fu[f, U_PT_LO] |= np.uint64(1) << np.uint64(pt)
             else:
                 fu[f, U_PT_HI] |= np.uint64(1) << np.uint64(pt - 64)
-            hl = rtp.rtp_header_len(buf, poff, plen)
-            rtp.observe_payload(buf, poff, plen, hl, pt, d, ts, pstats, f)
+            hl = rtp.rtp_header_len(pbuf, poff, plen)
+            rtp.observe_payload(pbuf, poff, plen, hl, pt, d, ts, pstats, f)
             unit = frame_unit[pt]
             if hl > 0 and unit > 0:
                 body = plen - hl
@@ -310,14 +395,121 @@ def process(  # type: ignore[no-untyped-def]
                 if (pt == 0 or pt == 8) and fs[f, F_NIB_PKTS] < 64:
                     fs[f, F_NIB_PKTS] += 1
                     for j in range(poff + hl, poff + plen):
-                        nib[f, buf[j] >> 4] += 1
+                        nib[f, pbuf[j] >> 4] += 1
         elif cls == pk.CLS_RTCP:
-            kind = rtp.rtcp_kind(buf, poff, plen)
+            kind = rtp.rtcp_kind(pbuf, poff, plen)
             if kind == 1:
                 fs[f, F_RTCP_PLAIN] += 1
             elif kind == 2:
                 fs[f, F_RTCP_SRTCP] += 1
     return n, ST_DONE
+
+
+@nb.njit(cache=True, nogil=True)
+def _native_facts(pbuf, poff, plen, proto, cls, f, d, rel, ts, fs, sg, arena, dg, dgarena, state, stream_k, k_fact, k_sip):  # type: ignore[no-untyped-def]
+    """Keep what the native parsers need: TCP segments of the stream prefix, and fact datagrams."""
+    if proto == 6:
+        if fs[f, F_STREAM_DONE] == 0 and -stream_k <= rel < fs[f, F_LIMIT + d]:
+            if fs[f, F_STORED + d] + plen <= 2 * stream_k:
+                r = state[S_NSEG]
+                a = state[S_ARENA]
+                sg[r, stream.SG_FLOW] = f
+                sg[r, stream.SG_DIR] = d
+                sg[r, stream.SG_SEQ] = (fs[f, F_ISN + d] if fs[f, F_ISN + d] >= 0 else fs[f, F_SEQ0 + d]) + rel
+                sg[r, stream.SG_SEQ] &= 0xFFFFFFFF
+                sg[r, stream.SG_OFF] = a
+                sg[r, stream.SG_LEN] = plen
+                for j in range(plen):
+                    arena[a + j] = pbuf[poff + j]
+                state[S_NSEG] = r + 1
+                state[S_ARENA] = a + plen
+                fs[f, F_STORED + d] += plen
+                fs[f, F_SEG_TS] = ts
+                fs[f, F_HAS_SEGS] = 1
+                b0 = pbuf[poff]
+                if cls == pk.CLS_TLS_REC:
+                    # Application data: this side's cleartext handshake is over (keep what comes before it);
+                    # ChangeCipherSpec: keep it, and nothing after it.
+                    if b0 == 23 and rel < fs[f, F_LIMIT + d]:
+                        fs[f, F_LIMIT + d] = max(rel, 0)
+                    elif b0 == 20 and rel + plen < fs[f, F_LIMIT + d]:
+                        fs[f, F_LIMIT + d] = rel + plen
+                elif rel == 0 and fs[f, F_ISN + d] >= 0 and (cls == pk.CLS_OTHER or cls == pk.CLS_NONE):
+                    # not a protocol with handshake facts: the first bytes are all the rules read
+                    if fs[f, F_LIMIT + d] > SHORT_PREFIX:
+                        fs[f, F_LIMIT + d] = SHORT_PREFIX
+            else:
+                fs[f, F_CAPPED + d] = 1
+            return
+        if not (cls == pk.CLS_SIP_REQ or cls == pk.CLS_SIP_RESP or cls == pk.CLS_HTTP_REQ):
+            return
+        if fs[f, F_SIP_FACTS] >= k_sip:
+            return
+        fs[f, F_SIP_FACTS] += 1
+        kind = DG_MESSAGE
+    else:
+        if cls == pk.CLS_SIP_REQ or cls == pk.CLS_SIP_RESP:
+            if fs[f, F_SIP_FACTS] >= k_sip:
+                return
+            fs[f, F_SIP_FACTS] += 1
+        elif cls == pk.CLS_STUN or cls == pk.CLS_STUN_OLD or cls == pk.CLS_DTLS:
+            if fs[f, F_DG + d] >= k_fact:
+                return
+            fs[f, F_DG + d] += 1
+        else:
+            return
+        kind = DG_DATAGRAM
+    r = state[S_NDG]
+    a = state[S_DGARENA]
+    dg[r, DG_FLOW] = f
+    dg[r, DG_DIR] = d
+    dg[r, DG_TS] = ts
+    dg[r, DG_OFF] = a
+    dg[r, DG_LEN] = plen
+    dg[r, DG_KIND] = kind
+    for j in range(plen):
+        dgarena[a + j] = pbuf[poff + j]
+    state[S_NDG] = r + 1
+    state[S_DGARENA] = a + plen
+
+
+@nb.njit(cache=True, nogil=True)
+def _wireshark_facts(pbuf, poff, plen, proto, cls, f, d, i, fs, fact_mask, fact_flow, fact_dir, k_fact, k_sip):  # type: ignore[no-untyped-def]
+    """Mark the packets Wireshark's dissectors need (the `--dissector wireshark` second opinion): the opening
+    payload packets of flows that start with a handshake or a request, and SIP/HTTP messages up to a cap."""
+    first = fs[f, F_SEEN_CLS]
+    if first < 0:
+        first = fs[f, F_SEEN_CLS + 1]
+    want = False
+    if cls == pk.CLS_SIP_REQ or cls == pk.CLS_SIP_RESP or cls == pk.CLS_HTTP_REQ:
+        if fs[f, F_SIP_FACTS] < k_sip:
+            fs[f, F_SIP_FACTS] += 1
+            want = True
+    elif fs[f, F_DATA_PKTS + d] < k_fact:
+        if proto == 6:
+            want = (
+                first == pk.CLS_TLS_HS
+                or first == pk.CLS_TLS_REC
+                or first == pk.CLS_SSL2
+                or first == pk.CLS_SIP_REQ
+                or first == pk.CLS_SIP_RESP
+                or first == pk.CLS_HTTP_REQ
+                or first == pk.CLS_STUN
+                or first == pk.CLS_STUN_OLD
+            )
+        else:
+            want = cls == pk.CLS_STUN or cls == pk.CLS_STUN_OLD or cls == pk.CLS_DTLS
+    fs[f, F_DATA_PKTS + d] += 1
+    if cls == pk.CLS_TLS_REC and (pbuf[poff] == 23 or pbuf[poff] == 20):
+        # ChangeCipherSpec or application data: this side's cleartext handshake is over
+        if fs[f, F_DATA_PKTS + d] < k_fact:
+            fs[f, F_DATA_PKTS + d] = k_fact
+        want = want and pbuf[poff] == 20
+    if want:
+        fact_mask[i] = 1
+        fact_flow[i] = f
+        fact_dir[i] = d
+        fs[f, F_FACTS] += 1
 
 
 @nb.njit(cache=True, nogil=True)
@@ -378,6 +570,10 @@ class FlowTable:
         sip_messages: int,
         server_tcp: npt.NDArray[np.uint8],
         server_udp: npt.NDArray[np.uint8],
+        native: bool = True,
+        stream_bytes: int = 65536,
+        fragment_capacity: int = 256,
+        fragment_timeout_s: float = 30.0,
     ) -> None:
         self.interval_ns = int(interval_s) * 1_000_000_000
         self.idle_ns = int(idle_s) * 1_000_000_000
@@ -385,6 +581,8 @@ class FlowTable:
         self.k_sip = sip_messages
         self.server_tcp = server_tcp
         self.server_udp = server_udp
+        self.native = native
+        self.stream_k = int(stream_bytes)
         self.ht_keys = np.zeros(1 << 16, np.uint64)
         self.ht_vals = np.zeros(1 << 16, np.int64)
         self.fs = np.zeros((4096, NFS), np.int64)
@@ -392,8 +590,13 @@ class FlowTable:
         self.nib = np.zeros((4096, 16), np.int64)
         self.pstats = np.zeros((4096, rtp.NPS), np.int64)
         self.rec = np.zeros((8192, NREC), np.int64)
-        self.state = np.zeros(5, np.int64)
+        self.state = np.zeros(NSTATE, np.int64)
         self._facts_buf: FactPackets | None = None
+        self.frags = stream.Fragments(fragment_capacity, fragment_timeout_s)
+        self.sg = np.zeros((4096 if native else 2, stream.NSG), np.int64)
+        self.arena = np.zeros(1 << 20 if native else 2, np.uint8)
+        self.dg = np.zeros((1024 if native else 2, NDGC), np.int64)
+        self.dgarena = np.zeros(1 << 18 if native else 2, np.uint8)
 
     @property
     def nflows(self) -> int:
@@ -444,6 +647,19 @@ class FlowTable:
                 pk.METHOD_TABLE,
                 pk.METHOD_LEN,
                 rtp.FRAME_UNIT,
+                self.native,
+                self.stream_k,
+                self.sg,
+                self.arena,
+                self.dg,
+                self.dgarena,
+                self.frags.keys,
+                self.frags.info,
+                self.frags.data,
+                self.frags.cover,
+                self.frags.counters,
+                self.frags.timeout_ns,
+                self.frags.scratch,
             )
             if status == ST_DONE:
                 return facts
@@ -455,8 +671,115 @@ class FlowTable:
                 self.fu = _grow(self.fu, rows)  # type: ignore[assignment]
                 self.nib = _grow(self.nib, rows)  # type: ignore[assignment]
                 self.pstats = _grow(self.pstats, rows)  # type: ignore[assignment]
+            elif status == ST_NEED_SEGS:
+                if self.state[S_NSEG] + 2 > self.sg.shape[0]:
+                    self.sg = _grow(self.sg, self.sg.shape[0] * 2)  # type: ignore[assignment]
+                if self.state[S_NDG] + 2 > self.dg.shape[0]:
+                    self.dg = _grow(self.dg, self.dg.shape[0] * 2)  # type: ignore[assignment]
+            elif status == ST_NEED_ARENA:
+                if self.state[S_ARENA] + 65536 > self.arena.shape[0]:
+                    self.arena = _grow(self.arena, self.arena.shape[0] * 2)  # type: ignore[assignment]
+                if self.state[S_DGARENA] + 65536 > self.dgarena.shape[0]:
+                    self.dgarena = _grow(self.dgarena, self.dgarena.shape[0] * 2)  # type: ignore[assignment]
             else:
                 self._rehash(self.ht_keys.shape[0] * 2)
+
+    # ---- the stream layer's outputs (native facts) ----------------------------------------------------------
+    def take_datagrams(self) -> list[tuple[int, int, int, int, bytes]]:
+        """The fact datagrams/messages kept since the last call, as (flow, direction, ts_ns, kind, payload)."""
+        n = int(self.state[S_NDG])
+        if n == 0:
+            return []
+        rows = self.dg[:n].tolist()
+        arena = self.dgarena
+        out = [(r[DG_FLOW], r[DG_DIR], r[DG_TS], r[DG_KIND], arena[r[DG_OFF] : r[DG_OFF] + r[DG_LEN]].tobytes()) for r in rows]
+        self.state[S_NDG] = 0
+        self.state[S_DGARENA] = 0
+        if self.dgarena.shape[0] > (8 << 20):  # give back what a burst grew
+            self.dgarena = np.zeros(1 << 18, np.uint8)
+            self.dg = np.zeros((1024, NDGC), np.int64)
+        return out
+
+    @property
+    def stream_bytes_held(self) -> int:
+        return int(self.state[S_ARENA])
+
+    def streams_settled(self, now_ns: int, quiet_ns: int) -> npt.NDArray[np.int64]:
+        """Flows whose stream prefixes can be parsed for good: ended, closed (FIN/RST), both directions past
+        their handshake (limit set below the cap) and quiet, or quiet for quiet_ns."""
+        n = self.nflows
+        fs = self.fs[:n]
+        has = (fs[:, F_HAS_SEGS] == 1) & (fs[:, F_STREAM_DONE] == 0)
+        quiet = fs[:, F_SEG_TS] < now_ns - quiet_ns
+        both_done = (fs[:, F_LIMIT] < self.stream_k) & (fs[:, F_LIMIT + 1] < self.stream_k)
+        closed = (fs[:, F_ENDED] == 1) | ((fs[:, F_FLAGS] & (FL_FIN | FL_RST)) != 0)
+        return np.flatnonzero(has & (closed | quiet | (both_done & (fs[:, F_SEG_TS] < now_ns - quiet_ns // 8))))
+
+    def streams_pending(self) -> npt.NDArray[np.int64]:
+        """Flows with kept stream segments not parsed for good yet."""
+        n = self.nflows
+        fs = self.fs[:n]
+        return np.flatnonzero((fs[:, F_HAS_SEGS] == 1) & (fs[:, F_STREAM_DONE] == 0))
+
+    def assemble(self, flows: npt.NDArray[np.int64]) -> dict[int, tuple[stream.StreamPrefix, stream.StreamPrefix]]:
+        """Reassemble both directions of the given flows' kept segments (flow -> (originator, responder))."""
+        nseg = int(self.state[S_NSEG])
+        if nseg == 0 or flows.size == 0:
+            return {}
+        sg = self.sg[:nseg]
+        want = np.zeros(self.nflows, bool)
+        want[flows] = True
+        rows = np.flatnonzero(want[sg[:, stream.SG_FLOW]])
+        if rows.size == 0:
+            return {}
+        sub_flow = sg[rows, stream.SG_FLOW]
+        sub_dir = sg[rows, stream.SG_DIR]
+        order, starts = stream.group_rows(sub_flow, sub_dir)
+        order = rows[order]
+        gflow = sg[order[starts[:-1]], stream.SG_FLOW]
+        gdir = sg[order[starts[:-1]], stream.SG_DIR]
+        isn = self.fs[gflow, F_ISN + gdir].astype(np.int64)
+        out, meta = stream.assemble(self.sg, self.arena, order, starts, isn, self.stream_k)
+        result: dict[int, list[stream.StreamPrefix]] = {}
+        empty = stream.StreamPrefix(b"", False, False, 0)
+        capped = self.fs[gflow, F_CAPPED + gdir]
+        for g, (f, d) in enumerate(zip(gflow.tolist(), gdir.tolist(), strict=True)):
+            off, contig, extent, diff, beyond = meta[g].tolist()
+            prefix = stream.StreamPrefix(
+                out[off : off + contig].tobytes(),
+                from_start=bool(isn[g] >= 0),
+                complete=contig == extent and beyond == 0 and not capped[g] and extent < self.stream_k,
+                differing=diff,
+            )
+            pair = result.setdefault(f, [empty, empty])
+            pair[d] = prefix
+        return {f: (p[0], p[1]) for f, p in result.items()}
+
+    def release_streams(self, flows: npt.NDArray[np.int64]) -> None:
+        """Parsed for good: stop keeping these flows' segments and give back their arena bytes."""
+        if flows.size == 0:
+            return
+        self.fs[flows, F_STREAM_DONE] = 1
+        self._drop_segments(self.fs[:, F_STREAM_DONE] == 1)
+
+    def _drop_segments(self, drop_flow: npt.NDArray[np.bool_], remap: npt.NDArray[np.int64] | None = None) -> None:
+        nseg = int(self.state[S_NSEG])
+        if nseg == 0:
+            return
+        sg = self.sg[:nseg]
+        keep = np.flatnonzero(~drop_flow[sg[:, stream.SG_FLOW]])
+        new_sg = np.zeros((max(4096, int(keep.size) * 2), stream.NSG), np.int64)
+        used = stream.compact_segments(self.sg, self.arena, keep.astype(np.int64), new_sg)
+        if remap is not None:
+            new_sg[: keep.size, stream.SG_FLOW] = remap[new_sg[: keep.size, stream.SG_FLOW]]
+        self.sg = new_sg
+        self.state[S_NSEG] = keep.size
+        self.state[S_ARENA] = used
+        size = 1 << 20
+        while size < used + 65536:
+            size <<= 1
+        if self.arena.shape[0] > 2 * size:  # give back what a burst grew
+            self.arena = self.arena[:size].copy()
 
     def _rehash(self, size: int) -> None:
         keys, vals = self.ht_keys, self.ht_vals
@@ -532,6 +855,8 @@ class FlowTable:
         self.state[S_NFLOWS] = keep.size
         self.state[S_HTUSED] = _reinsert(self.ht_keys, self.ht_vals, keys[ok], mapped[ok], self.fs)
         self.state[S_NREC] = 0
+        if self.native:
+            self._drop_segments(remap < 0, remap)
         return remap
 
     def media_stats(self, f: int) -> rtp.MediaStats:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numba
 
-KERNEL_MODULES = ("jit.py", "packets.py", "rtp.py", "flows.py", "sources/pcap.py")
+KERNEL_MODULES = ("jit.py", "packets.py", "rtp.py", "stream.py", "flows.py", "sources/pcap.py")
 
 
 def cache_dir() -> str:

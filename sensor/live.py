@@ -24,14 +24,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from sensor import flows as fl
-from sensor.analyze import Analyzer, FactSink
+from sensor.analyze import Analyzer
 from sensor.config import Config
-from sensor.dissect import DissectorProcess
 from sensor.errors import SensorError, SinkError, SourceError
-from sensor.factcap import FactCapture
 from sensor.lake import LakeWriter
 from sensor.metrics import SensorMetrics
+from sensor.path import PacketPath
 from sensor.rules.check import Checker
 from sensor.rules.context import Window
 from sensor.sources.pcap import CaptureReader
@@ -224,17 +222,8 @@ class LiveSensor:
         s, live = self.cfg.sensor, self.cfg.live
         self.spool.mkdir(parents=True, exist_ok=True)
         self.lake.mkdir(parents=True, exist_ok=True)
-        table = fl.FlowTable(
-            interval_s=s.interval,
-            idle_s=s.idle_timeout,
-            fact_packets=s.fact_packets_per_flow,
-            sip_messages=s.sip_messages_per_flow,
-            server_tcp=self.builder.catalogue.server_ports("tcp"),
-            server_udp=self.builder.catalogue.server_ports("udp"),
-        )
-        factcap = FactCapture()
-        sink = FactSink(factcap, redact_query=self.cfg.privacy.redact_http_query)
-        worker = DissectorProcess(factcap.read_fd, sink)
+        path = self.builder.packet_path()
+        table = path.table
         capture = None
         if self.use_capture:
             if not live.interface:
@@ -265,11 +254,11 @@ class LiveSensor:
                     self.metrics.spool_overruns.inc(lost)
                     self.status.overruns += lost
                     self._error(f"capture ring overrun: {lost} spool file(s) overwritten before they were read")
-                for path in files:
-                    self._ingest(path, table, factcap)
+                for spooled in files:
+                    self._ingest(spooled, path)
                     if table.nflows > 2 * self.cfg.sensor.flow_capacity:
                         # a scan or flood: end the oldest flows and drop them from memory now, not at the tick
-                        exported = self._export(table, sink, factcap, exported, int(self.clock() * 1e9), final=False)
+                        exported = self._export(path, exported, int(self.clock() * 1e9), final=False)
                 if files:
                     self.status.open_flows = int(table.active().size)
                     self.metrics.open_flows.set(self.status.open_flows)
@@ -280,7 +269,7 @@ class LiveSensor:
                 if stopping:
                     break
                 if now >= next_export:
-                    exported = self._export(table, sink, factcap, exported, int(now * 1e9), final=False)
+                    exported = self._export(path, exported, int(now * 1e9), final=False)
                     next_export = now + s.interval
                 if now >= next_rules:
                     self._evaluate(now)
@@ -290,14 +279,11 @@ class LiveSensor:
                 self._write_status(capture)
                 if not files:
                     self._stop.wait(0.2)
-            table.finish()
-            factcap.close()
-            worker.wait(timeout=120)
-            exported = self._export(table, sink, factcap, exported, int(self.clock() * 1e9), final=True)
+            path.finish()
+            exported = self._export(path, exported, int(self.clock() * 1e9), final=True)
             self._evaluate(self.clock())
         except BaseException:
-            worker.kill()
-            factcap.close(abandon=True)
+            path.abort()
             raise
         finally:
             if capture is not None:
@@ -317,12 +303,11 @@ class LiveSensor:
             self._iface_drops += now - self._rx_dropped
         self._rx_dropped = now
 
-    def _ingest(self, path: Path, table: fl.FlowTable, factcap: FactCapture) -> None:
+    def _ingest(self, path: Path, packets: PacketPath) -> None:
         try:
             reader = CaptureReader(path)
             for batch in reader:
-                facts = table.add(batch)
-                factcap.add(batch, facts)
+                packets.feed(batch)
             n = reader.stats.packets
             self.metrics.capture_packets.labels("live").inc(n)
             self.metrics.decode_errors.labels("skipped_bytes").inc(reader.stats.skipped_bytes)
@@ -333,10 +318,9 @@ class LiveSensor:
         finally:
             path.unlink(missing_ok=True)
 
-    def _export(
-        self, table: fl.FlowTable, sink: FactSink, factcap: FactCapture, exported: int, now_ns: int, *, final: bool
-    ) -> int:
+    def _export(self, path: PacketPath, exported: int, now_ns: int, *, final: bool) -> int:
         """Close finished intervals, end idle and excess flows, write the new records, compact."""
+        table = path.table
         if not final:
             table.flush_closed(now_ns)
             table.expire_idle(now_ns)
@@ -344,8 +328,11 @@ class LiveSensor:
         self.metrics.open_flows.set(int(table.active().size))
         if evicted:
             self.metrics.flow_evictions.inc(evicted)
-        with sink.lock:
-            records = self.builder.build_records(table, sink.facts, exported, table.nrecords)
+        # facts are complete (as far as the bytes go) on a flow's first interval record: parse every stream
+        # prefix still pending before building the records
+        path.facts_for_export(path.last_ts)
+        with path.lock:
+            records = self.builder.build_records(table, path.facts, exported, table.nrecords)
         self.metrics.open_flows.set(int(table.active().size))
         self.status.open_flows = int(table.active().size)
         if records.num_rows:
@@ -354,8 +341,7 @@ class LiveSensor:
         self._flush_pending()
         exported = table.nrecords
         if not final:
-            remap = table.compact()
-            sink.remap(remap)
+            path.compact()
             exported = 0
         return exported
 

@@ -95,15 +95,18 @@ def be64(buf, p):  # type: ignore[no-untyped-def]
 @nb.njit(cache=True, nogil=True, inline="always")
 def _undecodable():  # type: ignore[no-untyped-def]
     """decode()'s answer for a packet it cannot take apart (same tuple shape as a decoded one)."""
-    return (False, 0, np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0), 0, 0, 0, 0, 0, 0, 0, False)
+    return (False, 0, np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0), 0, 0, 0, 0, 0, 0, 0, False, 0, 0, 0)
 
 
 @nb.njit(cache=True, nogil=True)
 def decode(buf, off, caplen, linktype):  # type: ignore[no-untyped-def]
     """Decode one packet to (ok, ipver, src_hi, src_lo, dst_hi, dst_lo, proto, sport, dport,
-    payload offset, payload length, tcp flags, ip length, is-first-fragment).
+    payload offset, payload length, tcp flags, ip length, is-fragment, tcp sequence number, fragment offset
+    in bytes | more-fragments flag << 32, fragment id).
 
-    IPv4 addresses are returned IPv4-mapped (::ffff:a.b.c.d) so one 128-bit key space holds both.
+    IPv4 addresses are returned IPv4-mapped (::ffff:a.b.c.d) so one 128-bit key space holds both. For a
+    fragment (IPv4 offset or MF set; an IPv6 Fragment header with offset or M set) nothing past the IP header
+    is read: the payload offset and length are the fragment's data, for the stream layer to reassemble.
     """
     end = off + caplen
     p = off
@@ -142,7 +145,10 @@ def decode(buf, off, caplen, linktype):  # type: ignore[no-untyped-def]
             return _undecodable()
         ihl = (buf[p] & 0x0F) * 4
         iplen = be16(buf, p + 2)
-        frag = be16(buf, p + 6) & 0x1FFF
+        fword = be16(buf, p + 6)
+        frag_off = (fword & 0x1FFF) * 8
+        frag_mf = (fword >> 13) & 1
+        frag_id = be16(buf, p + 4)
         proto = buf[p + 9]
         mapped = np.uint64(0x0000FFFF00000000)
         s_lo = mapped | np.uint64(be32(buf, p + 12))
@@ -152,7 +158,7 @@ def decode(buf, off, caplen, linktype):  # type: ignore[no-untyped-def]
         ipver = 4
         l4 = p + ihl
         l4end = p + iplen if iplen >= ihl and p + iplen <= end else end
-        first_frag = frag == 0
+        is_frag = frag_off != 0 or frag_mf != 0
     elif etype == 0x86DD:
         if p + 40 > end:
             return _undecodable()
@@ -165,7 +171,10 @@ def decode(buf, off, caplen, linktype):  # type: ignore[no-untyped-def]
         ipver = 6
         l4 = p + 40
         l4end = p + iplen if p + iplen <= end else end
-        first_frag = True
+        is_frag = False
+        frag_off = 0
+        frag_mf = 0
+        frag_id = 0
         for _ in range(6):  # walk extension headers
             if proto == 0 or proto == 43 or proto == 60:
                 if l4 + 8 > end:
@@ -175,26 +184,37 @@ def decode(buf, off, caplen, linktype):  # type: ignore[no-untyped-def]
             elif proto == 44:  # fragment header
                 if l4 + 8 > end:
                     break
-                first_frag = (be16(buf, l4 + 2) >> 3) == 0
+                fword = be16(buf, l4 + 2)
+                frag_off = (fword >> 3) * 8
+                frag_mf = fword & 1
+                frag_id = be32(buf, l4 + 4)
+                is_frag = frag_off != 0 or frag_mf != 0
                 proto = buf[l4]
                 l4 += 8
             else:
                 break
     else:
-        return (False, 0, np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0), 0, 0, 0, 0, 0, 0, 0, False)
+        return _undecodable()
+    if is_frag:
+        if l4 > l4end:
+            return _undecodable()
+        fr = frag_off | (frag_mf << 32)
+        return (True, ipver, s_hi, s_lo, d_hi, d_lo, proto, 0, 0, l4, l4end - l4, 0, iplen, True, 0, fr, frag_id)
     sport = 0
     dport = 0
     flags = 0
+    seq = 0
     poff = l4end
     plen = 0
-    if first_frag and proto == 6 and l4 + 20 <= end:
+    if proto == 6 and l4 + 20 <= end:
         sport = be16(buf, l4)
         dport = be16(buf, l4 + 2)
+        seq = be32(buf, l4 + 4)
         doff = (buf[l4 + 12] >> 4) * 4
         flags = buf[l4 + 13]
         poff = l4 + doff
         plen = l4end - poff
-    elif first_frag and proto == 17 and l4 + 8 <= end:
+    elif proto == 17 and l4 + 8 <= end:
         sport = be16(buf, l4)
         dport = be16(buf, l4 + 2)
         poff = l4 + 8
@@ -203,10 +223,10 @@ def decode(buf, off, caplen, linktype):  # type: ignore[no-untyped-def]
         if 0 <= ulen < plen:
             plen = ulen
     elif proto != 6 and proto != 17:
-        return (False, ipver, s_hi, s_lo, d_hi, d_lo, proto, 0, 0, 0, 0, 0, iplen, first_frag)
+        return (False, ipver, s_hi, s_lo, d_hi, d_lo, proto, 0, 0, 0, 0, 0, iplen, False, 0, 0, 0)
     if plen < 0:
         plen = 0
-    return (True, ipver, s_hi, s_lo, d_hi, d_lo, proto, sport, dport, poff, plen, flags, iplen, first_frag)
+    return (True, ipver, s_hi, s_lo, d_hi, d_lo, proto, sport, dport, poff, plen, flags, iplen, False, seq, 0, 0)
 
 
 @nb.njit(cache=True, nogil=True)

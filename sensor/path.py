@@ -1,0 +1,200 @@
+"""The packet path: the compiled flow table and stream layer, the fact parsers, and (on request) Wireshark.
+
+`analyze` and `run` both feed batches of raw packets here and take flow facts out. By default the handshake
+facts are parsed in-process from the stream layer's reassembled bytes (sensor.facts); with
+`sensor.dissector = "wireshark"` the fact packets go to Wireshark's dissectors in a worker process instead, as
+a second opinion.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import numpy.typing as npt
+
+from sensor import flows as fl
+from sensor.config import Config
+from sensor.dissect import DissectedPacket, DissectorProcess
+from sensor.facts.flowfacts import FlowFacts
+from sensor.factcap import FactCapture
+from sensor.http import HttpFacts
+from sensor.sources.pcap import Batch
+
+log = logging.getLogger(__name__)
+
+# Parse and release settled stream prefixes once this much is held, and at least every this many batches.
+SETTLE_BYTES = 16 << 20
+SETTLE_BATCHES = 64
+# A stream prefix with no new segment for this long (packet time) is parsed for good.
+QUIET_NS = 10 * 1_000_000_000
+
+
+class FactSink:
+    """Collects Wireshark's dissected fact packets into FlowFacts per flow (called from the worker's reader)."""
+
+    def __init__(self, factcap: FactCapture, facts: dict[int, FlowFacts], new: type[FlowFacts] | None = None) -> None:
+        self.factcap = factcap
+        self.facts = facts
+        self.last_frame = 0
+        self.lock = threading.Lock()
+        self._new = new
+
+    def __call__(self, p: DissectedPacket) -> None:
+        with self.lock:
+            self.last_frame = max(self.last_frame, p.number)
+            i = p.number - 1 - self.factcap.base
+            if i < 0 or i >= len(self.factcap.flow):
+                return
+            f = self.factcap.flow[i]
+            if f < 0:
+                return
+            ff = self.facts.get(f)
+            if ff is None:
+                ff = self.facts[f] = self._new() if self._new else FlowFacts()
+            ff.observe(p, self.factcap.direction[i])
+
+
+class PacketPath:
+    """Flow table + stream layer + fact parsers for one run. feed() batches; facts_for_export() before
+    building records; compact() after exporting (live); close() at the end, abort() on error."""
+
+    def __init__(self, cfg: Config, server_tcp: npt.NDArray[np.uint8], server_udp: npt.NDArray[np.uint8]) -> None:
+        s = cfg.sensor
+        self.native = s.dissector == "native"
+        self.redact_query = cfg.privacy.redact_http_query
+        self.table = fl.FlowTable(
+            interval_s=s.interval,
+            idle_s=s.idle_timeout,
+            fact_packets=s.fact_packets_per_flow,
+            sip_messages=s.sip_messages_per_flow,
+            server_tcp=server_tcp,
+            server_udp=server_udp,
+            native=self.native,
+            stream_bytes=s.stream_bytes,
+            fragment_capacity=s.fragment_capacity,
+            fragment_timeout_s=s.fragment_timeout,
+        )
+        self.facts: dict[int, FlowFacts] = {}
+        self.lock = threading.Lock()  # the Wireshark worker's reader adds facts from its own thread
+        self.packets = 0
+        self.fact_units = 0  # datagrams/messages/stream directions parsed (native), packets dissected (wireshark)
+        self.retransmitted_differing = 0
+        self._batches = 0
+        self._last_ts = 0
+        self.factcap: FactCapture | None = None
+        self.worker: DissectorProcess | None = None
+        self.sink: FactSink | None = None
+        if not self.native:
+            self.factcap = FactCapture()
+            self.sink = FactSink(self.factcap, self.facts, self._new_facts)
+            self.lock = self.sink.lock
+            self.worker = DissectorProcess(self.factcap.read_fd, self.sink)
+
+    def _new_facts(self) -> FlowFacts:
+        return FlowFacts(http=HttpFacts(redact_query=self.redact_query))
+
+    def _get(self, f: int) -> FlowFacts:
+        ff = self.facts.get(f)
+        if ff is None:
+            ff = self.facts[f] = self._new_facts()
+        return ff
+
+    # ---- feeding -----------------------------------------------------------------------------------------
+    def feed(self, batch: Batch) -> None:
+        marks = self.table.add(batch)
+        self.packets += len(batch)
+        if len(batch):
+            self._last_ts = max(self._last_ts, int(batch.ts_ns[len(batch) - 1]))
+        if not self.native:
+            assert self.factcap is not None
+            self.factcap.add(batch, marks)
+            return
+        for f, d, ts, kind, payload in self.table.take_datagrams():
+            ff = self._get(f)
+            if kind == fl.DG_DATAGRAM:
+                ff.observe_datagram(payload, d, ts)
+            else:
+                ff.observe_message(payload, d, ts)
+            self.fact_units += 1
+        self._batches += 1
+        if self.table.stream_bytes_held > SETTLE_BYTES or self._batches % SETTLE_BATCHES == 0:
+            self.settle(self._last_ts)
+
+    def settle(self, now_ns: int) -> None:
+        """Parse the stream prefixes that are settled for good and give back their memory."""
+        if not self.native:
+            return
+        done = self.table.streams_settled(now_ns, QUIET_NS)
+        if done.size:
+            self._parse(done)
+            self.table.release_streams(done)
+
+    def _parse(self, flows: npt.NDArray[np.int64]) -> None:
+        for f, (c, s) in self.table.assemble(flows).items():
+            self._get(f).observe_streams(
+                c.data,
+                s.data,
+                client_from_start=c.from_start,
+                server_from_start=s.from_start,
+                client_complete=c.complete,
+                server_complete=s.complete,
+                ts_ns=int(self.table.fs[f, fl.F_FIRST_TS]),
+            )
+            self.fact_units += 2
+            self.retransmitted_differing += c.differing + s.differing
+
+    # ---- taking facts out --------------------------------------------------------------------------------
+    def facts_for_export(self, now_ns: int) -> None:
+        """Make every flow's facts as complete as the bytes so far allow (live mode, before an export): parse
+        every pending stream prefix; settled ones are released."""
+        if not self.native:
+            return
+        self.settle(now_ns)
+        pending = self.table.streams_pending()
+        if pending.size:
+            self._parse(pending)
+
+    def finish(self) -> None:
+        """End of input: close every open interval, parse every stream prefix, wait for Wireshark."""
+        self.table.finish()
+        if self.native:
+            pending = self.table.streams_pending()
+            if pending.size:
+                self._parse(pending)
+                self.table.release_streams(pending)
+            return
+        assert self.factcap is not None and self.worker is not None
+        try:
+            self.factcap.close()
+        finally:
+            self.worker.wait(timeout=600)
+
+    def compact(self) -> None:
+        """Drop ended flows (after their records were exported) and follow the new flow indices."""
+        with self.lock:
+            remap = self.table.compact()
+            self.facts = {int(remap[f]): ff for f, ff in self.facts.items() if f < remap.size and remap[f] >= 0}
+            if self.sink is not None and self.factcap is not None:
+                self.sink.facts = self.facts
+                self.factcap.forget(self.sink.last_frame - self.factcap.base)
+                self.factcap.remap(remap)
+
+    def abort(self) -> None:
+        if self.worker is not None:
+            self.worker.kill()
+        if self.factcap is not None:
+            self.factcap.close(abandon=True)
+
+    @property
+    def last_ts(self) -> int:
+        """Time of the newest packet fed (packet time, ns)."""
+        return self._last_ts
+
+    @property
+    def fact_count(self) -> int:
+        return self.factcap.count if self.factcap is not None else self.fact_units
+
+    def fragment_report(self) -> dict[str, int]:
+        return self.table.frags.report()
