@@ -30,20 +30,24 @@ class StunTally:
     ms_turn: bool = False
 
 
-def message_at(data: bytes, pos: int, end: int, tally: StunTally, types: set[int], attrs: set[int]) -> int:
-    """Read the STUN message at data[pos:end]; returns the offset after it, or -1 when none is there."""
+def message_at(
+    data: bytes, pos: int, end: int, tally: StunTally, types: set[int], attrs: set[int], *, cut_ok: bool = False
+) -> int:
+    """Read the STUN message at data[pos:end]; returns the offset after it, or -1 when none is there.
+
+    cut_ok: a datagram whose message carries the magic cookie counts even when cut short or when its
+    length is not a multiple of 4 (MS-TURN sends such messages; Wireshark dissects them too)."""
     if end - pos < 20 or data[pos] & 0xC0:
         return -1
     mtype = (data[pos] << 8) | data[pos + 1]
     mlen = (data[pos + 2] << 8) | data[pos + 3]
     stop = pos + 20 + mlen
-    if stop > end:
-        return -1
     modern = data[pos + 4 : pos + 8] == MAGIC_COOKIE
-    if modern:
-        if mlen & 3:
-            return -1
-    elif mtype not in LEGACY_TYPES:
+    if modern and cut_ok:
+        stop = min(stop, end)
+    elif stop > end or (modern and mlen & 3):
+        return -1
+    if not modern and mtype not in LEGACY_TYPES:
         return -1
     a = pos + 20
     seen: list[int] = []
@@ -66,8 +70,8 @@ def parse_datagram(data: bytes, types: set[int], attrs: set[int]) -> StunTally:
     """One UDP payload: one STUN message filling the datagram (RFC 5389 §7.3; RFC 3489 §11.1)."""
     tally = StunTally()
     n = len(data)
-    if n >= 20 and 20 + ((data[2] << 8) | data[3]) == n:
-        message_at(data, 0, n, tally, types, attrs)
+    if n >= 20 and (data[4:8] == MAGIC_COOKIE or 20 + ((data[2] << 8) | data[3]) == n):
+        message_at(data, 0, n, tally, types, attrs, cut_ok=True)
     return tally
 
 
