@@ -90,12 +90,10 @@ def parse_stream(data: bytes, pos: int, types: set[int], attrs: set[int]) -> Stu
         b0 = data[pos]
         ln = (data[pos + 2] << 8) | data[pos + 3]
         if b0 in (FRAME_CONTROL, FRAME_DATA) and data[pos + 1] == 0:
-            control = b0 == FRAME_CONTROL
-            if (
-                control
-                and message_at(data, pos + 4, min(n, pos + 4 + ln), tally, types, attrs) < 0
-                and pos + 4 + ln <= n
-            ):
+            # The frame bounds the message: one cut short inside it still counts, as in a datagram.
+            end = min(n, pos + 4 + ln)
+            read = message_at(data, pos + 4, end, tally, types, attrs, cut_ok=True) if b0 == FRAME_CONTROL else 0
+            if read < 0 and pos + 4 + ln <= n:
                 break
             pos += 4 + ln
         elif 0x40 <= b0 <= 0x7F:  # TURN ChannelData (RFC 5766 §11.5): padded to 4 bytes over TCP

@@ -1,0 +1,590 @@
+"""Native fact parsers on real bytes: OpenSSL handshakes made in-process over ssl.MemoryBIO, and SIP, SDP,
+HTTP, STUN and DTLS messages taken from the shared captures."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from sensor.facts import FlowFacts
+from sensor.facts import sip as native_sip
+from sensor.facts.tls import parse_streams
+from sensor.facts.x509names import cert_names
+from sensor.http import REDACTED
+from tests.conftest import capture
+
+# ---- certificates and handshakes -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_chain: Path  # leaf, intermediate
+    server_key: Path
+    client_chain: Path
+    client_key: Path
+    leaf_der: bytes
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(
+    subject: str, issuer: str, key: ec.EllipticCurvePrivateKey, signer: ec.EllipticCurvePrivateKey, *, ca: bool
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        sans = [x509.DNSName(subject), x509.DNSName("fe01.contoso.com"), x509.DNSName("fe02.contoso.com")]
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return b.sign(signer, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    root_k, mid_k, srv_k, cli_k = (ec.generate_private_key(ec.SECP256R1()) for _ in range(4))
+    root = _cert("Contoso Root CA", "Contoso Root CA", root_k, root_k, ca=True)
+    mid = _cert("issuing.contoso.com", "Contoso Root CA", mid_k, root_k, ca=True)
+    srv = _cert("pool01.contoso.com", "issuing.contoso.com", srv_k, mid_k, ca=False)
+    cli = _cert("fe03.contoso.com", "issuing.contoso.com", cli_k, mid_k, ca=False)
+
+    def pem(*certs: x509.Certificate) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+    def key(k: ec.EllipticCurvePrivateKey) -> bytes:
+        return k.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    files = {
+        "ca.pem": pem(root),
+        "server.pem": pem(srv, mid),
+        "server.key": key(srv_k),
+        "client.pem": pem(cli, mid),
+        "client.key": key(cli_k),
+    }
+    for n, data in files.items():
+        (d / n).write_bytes(data)
+    return Pki(
+        d / "ca.pem",
+        d / "server.pem",
+        d / "server.key",
+        d / "client.pem",
+        d / "client.key",
+        srv.public_bytes(serialization.Encoding.DER),
+    )
+
+
+def server_ctx(pki: Pki, *, version: ssl.TLSVersion, verify: ssl.VerifyMode = ssl.CERT_NONE) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ctx.maximum_version = version
+    ctx.load_cert_chain(pki.server_chain, pki.server_key)
+    ctx.verify_mode = verify
+    if verify != ssl.CERT_NONE:
+        ctx.load_verify_locations(pki.ca)
+    return ctx
+
+
+def client_ctx(pki: Pki, *, cert: bool = False, max_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.maximum_version = max_version
+    ctx.load_verify_locations(pki.ca)
+    if cert:
+        ctx.load_cert_chain(pki.client_chain, pki.client_key)
+    return ctx
+
+
+@dataclass
+class Wire:
+    client: bytes
+    server: bytes
+    session: ssl.SSLSession | None
+    error: str | None
+
+
+def handshake(
+    cctx: ssl.SSLContext, sctx: ssl.SSLContext, sni: str = "pool01.contoso.com", session: ssl.SSLSession | None = None
+) -> Wire:
+    """A real OpenSSL handshake between two in-memory ends, one application record each way; every byte
+    each side wrote, in order."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    c = cctx.wrap_bio(c_in, c_out, server_hostname=sni, session=session)
+    s = sctx.wrap_bio(s_in, s_out, server_side=True)
+    cw, sw = bytearray(), bytearray()
+    error = None
+
+    def pump() -> None:
+        data = c_out.read()
+        cw.extend(data)
+        s_in.write(data)
+        data = s_out.read()
+        sw.extend(data)
+        c_in.write(data)
+
+    done = [False, False]
+    for _ in range(30):
+        for i, end in enumerate((c, s)):
+            if done[i]:
+                continue
+            try:
+                end.do_handshake()
+                done[i] = True
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+            except ssl.SSLError as exc:
+                error = exc.reason
+                done = [True, True]
+        pump()
+        if all(done):
+            break
+    if error is None:
+        c.write(b"GET / HTTP/1.1\r\n\r\n")
+        pump()
+        s.read(100)
+        s.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        pump()
+        c.read(100)
+        pump()
+    pump()
+    return Wire(bytes(cw), bytes(sw), c.session if error is None else None, error)
+
+
+def facts(w: Wire, *, client: bytes | None = None, server: bytes | None = None) -> dict[str, object]:
+    ff = FlowFacts()
+    cb = w.client if client is None else client
+    sb = w.server if server is None else server
+    ff.observe_streams(
+        cb,
+        sb,
+        client_from_start=True,
+        server_from_start=True,
+        client_complete=client is None,
+        server_complete=server is None,
+        ts_ns=1,
+    )
+    assert ff.tls.seen
+    return ff.tls.columns()
+
+
+def records(data: bytes) -> list[tuple[int, bytes]]:
+    out, pos = [], 0
+    while pos + 5 <= len(data):
+        n = struct.unpack_from("!H", data, pos + 3)[0]
+        out.append((data[pos], data[pos : pos + 5 + n]))
+        pos += 5 + n
+    return out
+
+
+def refragment(data: bytes, size: int) -> bytes:
+    """The same bytes with every plaintext handshake record cut into records of at most `size` bytes, so
+    handshake messages span records (RFC 5246 §6.2.1); stops at ChangeCipherSpec."""
+    out = bytearray()
+    clear = True
+    for ct, rec in records(data):
+        if ct == 20:
+            clear = False
+        if ct != 22 or not clear:
+            out += rec
+            continue
+        body = rec[5:]
+        for i in range(0, len(body), size):
+            part = body[i : i + size]
+            out += rec[:3] + struct.pack("!H", len(part)) + part
+    return bytes(out)
+
+
+TLS12 = ssl.TLSVersion.TLSv1_2
+TLS13 = ssl.TLSVersion.TLSv1_3
+
+
+def test_tls12_without_client_certificate(pki: Pki) -> None:
+    w = handshake(client_ctx(pki), server_ctx(pki, version=TLS12))
+    assert w.error is None
+    cols = facts(w)
+    assert cols["tls_version"] == "TLSv12"
+    assert cols["tls_record_version"] == "TLSv10"  # OpenSSL's first ClientHello record
+    assert cols["tls_client_version"] == "TLSv12"
+    assert cols["tls_client_max_version"] == "TLSv13"  # supported_versions offers 1.3
+    assert cols["tls_cipher"] == "0xC02C"  # ECDHE-ECDSA-AES256-GCM-SHA384, OpenSSL's first choice
+    assert cols["tls_sni"] == "pool01.contoso.com"
+    assert cols["tls_server_cert"] is True
+    assert cols["tls_cert_requested"] is False  # ServerHelloDone seen without CertificateRequest
+    assert cols["tls_client_cert"] is None
+    assert cols["tls_resumed"] is False
+    assert cols["tls_sslv2_hello"] is False
+    assert cols["tls_pseudo"] is False
+    assert cols["tls_alert"] is None
+    assert cols["tls_cert_names"] == ["pool01.contoso.com", "fe01.contoso.com", "fe02.contoso.com"]
+    tls, _, _ = parse_streams(w.client, w.server)
+    assert tls.server_types == [2, 11, 12, 14, 4]  # ..., ServerHelloDone, NewSessionTicket
+    assert tls.client_types == [1, 16]
+    assert tls.client_ccs and tls.server_ccs and tls.client_app_data and tls.server_app_data
+    assert tls.server_certs is not None and tls.server_certs > 0
+
+
+def test_tls12_mutual_authentication(pki: Pki) -> None:
+    w = handshake(client_ctx(pki, cert=True), server_ctx(pki, version=TLS12, verify=ssl.CERT_REQUIRED))
+    assert w.error is None
+    cols = facts(w)
+    assert cols["tls_cert_requested"] is True
+    assert cols["tls_client_cert"] is True
+    # the client's own certificate names are not the server's
+    assert cols["tls_cert_names"] == ["pool01.contoso.com", "fe01.contoso.com", "fe02.contoso.com"]
+    tls, _, _ = parse_streams(w.client, w.server)
+    assert tls.server_types == [2, 11, 12, 13, 14, 4]
+    assert tls.client_types == [1, 11, 16, 15]
+
+
+def test_certificate_request_answered_by_empty_certificate(pki: Pki) -> None:
+    w = handshake(client_ctx(pki), server_ctx(pki, version=TLS12, verify=ssl.CERT_OPTIONAL))
+    assert w.error is None
+    cols = facts(w)
+    assert cols["tls_cert_requested"] is True
+    assert cols["tls_client_cert"] is False
+    tls, _, _ = parse_streams(w.client, w.server)
+    assert tls.client_certs == 0
+
+
+def test_required_certificate_missing_ends_in_plaintext_alert(pki: Pki) -> None:
+    w = handshake(client_ctx(pki), server_ctx(pki, version=TLS12, verify=ssl.CERT_REQUIRED))
+    assert w.error is not None
+    cols = facts(w)
+    assert cols["tls_cert_requested"] is True
+    assert cols["tls_client_cert"] is False
+    assert cols["tls_alert"] == "40"  # handshake_failure, as tls.alert_message.desc gives it
+
+
+def test_handshake_messages_spanning_records_and_a_cut_server_flight(pki: Pki) -> None:
+    w = handshake(client_ctx(pki, cert=True), server_ctx(pki, version=TLS12, verify=ssl.CERT_REQUIRED))
+    whole = facts(w)
+    small = refragment(w.server, 64)
+    assert len(records(small)) > 20
+    assert facts(w, client=refragment(w.client, 50), server=small) == whole
+    # The server's bytes end inside its Certificate message: nothing after it is known.
+    cert_at = w.server.index(b"\x0b\x00", 5)
+    cut = facts(w, server=w.server[: cert_at + 200])
+    assert cut["tls_version"] == "TLSv12" and cut["tls_cipher"] == whole["tls_cipher"]
+    assert cut["tls_server_cert"] is None
+    assert cut["tls_cert_requested"] is None
+    assert cut["tls_cert_names"] is None
+    # Ends before ServerHelloDone, after the Certificate: the certificate is known, the request is not.
+    shd_at = w.server.index(b"\x0e\x00\x00\x00")
+    before_done = refragment(w.server, 64)
+    before_done = before_done[: before_done.index(b"\x0d\x00")]  # cut where the CertificateRequest starts
+    cut2 = facts(w, server=before_done)
+    assert shd_at > 0
+    assert cut2["tls_server_cert"] is True
+    assert cut2["tls_cert_requested"] is None
+    assert cut2["tls_client_cert"] is True  # the client's Certificate message is in its bytes
+
+
+def test_no_client_bytes_means_no_client_facts(pki: Pki) -> None:
+    w = handshake(client_ctx(pki), server_ctx(pki, version=TLS12))
+    cols = facts(w, client=b"")
+    assert cols["tls_sslv2_hello"] is None and cols["tls_sni"] is None and cols["tls_client_max_version"] is None
+    assert cols["tls_version"] == "TLSv12" and cols["tls_cert_requested"] is False
+
+
+def test_tls13_hides_certificates(pki: Pki) -> None:
+    w = handshake(client_ctx(pki, cert=True), server_ctx(pki, version=TLS13, verify=ssl.CERT_REQUIRED))
+    assert w.error is None
+    cols = facts(w)
+    assert cols["tls_version"] == "TLSv13"
+    assert cols["tls_cipher"] == "0x1302"  # TLS_AES_256_GCM_SHA384
+    assert cols["tls_client_version"] == "TLSv12"  # legacy_version
+    assert cols["tls_client_max_version"] == "TLSv13"
+    assert cols["tls_cert_requested"] is None  # encrypted in 1.3: unknown, not false
+    assert cols["tls_client_cert"] is None
+    assert cols["tls_server_cert"] is None
+    assert cols["tls_cert_names"] is None
+    assert cols["tls_resumed"] is False  # the echoed session id is middlebox compatibility, not resumption
+    tls, _, _ = parse_streams(w.client, w.server)
+    assert tls.server_types == [2] and tls.client_types == [1]
+    assert not tls.hello_retry
+
+
+def test_tls12_resumption(pki: Pki) -> None:
+    sctx = server_ctx(pki, version=TLS12)
+    cctx = client_ctx(pki, max_version=TLS12)
+    first = handshake(cctx, sctx)
+    assert first.session is not None
+    again = handshake(cctx, sctx, session=first.session)
+    cols = facts(again)
+    assert cols["tls_resumed"] is True
+    assert cols["tls_server_cert"] is False  # the flight ended in ChangeCipherSpec without a Certificate
+    assert cols["tls_cert_requested"] is False
+    assert cols["tls_client_cert"] is None
+    assert cols["tls_client_max_version"] == "TLSv12"
+    assert facts(first)["tls_resumed"] is False
+
+
+def test_reparse_with_longer_bytes_does_not_double_count(pki: Pki) -> None:
+    w = handshake(client_ctx(pki), server_ctx(pki, version=TLS12))
+    ff = FlowFacts()
+    for n in (100, 2000, len(w.server)):
+        ff.observe_streams(
+            w.client,
+            w.server[:n],
+            client_from_start=True,
+            server_from_start=True,
+            client_complete=True,
+            server_complete=n == len(w.server),
+            ts_ns=n,
+        )
+    tls, _, _ = parse_streams(w.client, w.server)
+    assert ff.tls.server_types == tls.server_types and ff.tls.client_types == tls.client_types
+    assert ff.tls.cert_names == ["pool01.contoso.com", "fe01.contoso.com", "fe02.contoso.com"]
+
+
+def test_certificate_names_are_parsed_once_per_certificate(pki: Pki) -> None:
+    from sensor.facts import x509names
+
+    x509names._cache.clear()
+    assert cert_names(pki.leaf_der) == ("pool01.contoso.com", "fe01.contoso.com", "fe02.contoso.com")
+    assert len(x509names._cache) == 1
+    assert cert_names(bytes(pki.leaf_der)) is cert_names(pki.leaf_der)
+    assert cert_names(b"\x30\x03\x02\x01\x00") == ()  # not a certificate: no names, no exception
+
+
+def test_sslv2_and_mid_stream_bytes() -> None:
+    path = capture("zeek__ssl-v2.pcap")
+    client, server = follow(path, 0)
+    ff = FlowFacts()
+    ff.observe_streams(
+        client,
+        server,
+        client_from_start=True,
+        server_from_start=True,
+        client_complete=True,
+        server_complete=True,
+        ts_ns=0,
+    )
+    cols = ff.tls.columns()
+    assert ff.tls.sslv2_server_hello and ff.tls.sslv2_client_hello
+    assert cols["tls_version"] == "SSLv2" and cols["tls_record_version"] == "SSLv2"
+    assert cols["tls_cipher"] == "0x0700C0"  # CLIENT-MASTER-KEY: SSL_CK_DES_192_EDE3_CBC_WITH_MD5
+    assert cols["tls_server_cert"] is True
+    # Picked up mid-stream at a byte that starts no record: no facts rather than wrong ones.
+    late = FlowFacts()
+    late.observe_streams(
+        client[7:],
+        server[3:],
+        client_from_start=False,
+        server_from_start=False,
+        client_complete=True,
+        server_complete=True,
+        ts_ns=0,
+    )
+    assert not late.tls.seen and not late.sip.messages and not late.stun.messages
+
+
+# ---- SIP, SDP, HTTP, STUN and DTLS from the shared captures ----------------------------------------
+
+
+def follow(path: Path, stream: int) -> tuple[bytes, bytes]:
+    out = subprocess.run(
+        ["tshark", "-r", str(path), "-q", "-o", "tcp.reassemble_out_of_order:TRUE", "-z", f"follow,tcp,raw,{stream}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    parts: list[list[str]] = [[], []]
+    for line in out.splitlines():
+        if line and all(c in "0123456789abcdef\t" for c in line):
+            parts[1 if line.startswith("\t") else 0].append(line.strip())
+    return bytes.fromhex("".join(parts[0])), bytes.fromhex("".join(parts[1]))
+
+
+def udp_payloads(path: Path, display_filter: str) -> list[bytes]:
+    out = subprocess.run(
+        ["tshark", "-r", str(path), "-Y", display_filter, "-T", "fields", "-e", "udp.payload"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [bytes.fromhex(x) for x in out.split()]
+
+
+def test_sip_invite_with_sdp_over_udp() -> None:
+    invite = udp_payloads(capture("ndpi__sip.pcap"), 'sip.Method == "INVITE" and sdp')[0]
+    ff = FlowFacts()
+    ff.observe_datagram(invite, 0, 123)
+    (msg,) = ff.sip.other_messages
+    assert (msg.method, msg.status, msg.cseq, msg.cseq_method) == ("INVITE", None, 1, "INVITE")
+    assert msg.call_id == "105090259-446faf7a@192.168.1.2"
+    assert (msg.content_type, msg.content_length) == ("application/sdp", 272)
+    (m,) = ff.sip.media
+    assert (m.address, m.port, m.proto, m.media) == ("192.168.1.2", 30000, "RTP/AVP", "audio")
+    assert (m.crypto, m.encryption, m.rtcp_port, m.rtcp_mux, m.is_answer) == (False, None, None, False, False)
+    assert (m.call_id, m.cseq, m.method, m.status, m.ts_ns) == (msg.call_id, 1, "INVITE", None, 123)
+    assert ff.sip.columns() == {
+        "sip_methods": ["INVITE"],
+        "sip_status_codes": None,
+        "sdp_media_ports": [30000],
+        "sdp_protos": ["RTP/AVP"],
+        "sdp_crypto": False,
+        "sdp_encryption": None,
+    }
+    text = repr(ff.sip)
+    assert "97239287044" not in text and "816666" not in text  # numbers and URIs are never kept
+
+
+# Lync 2013's SDP shape ([MS-SDPEXT] §3.1.5.x examples): session c=, SRTP with a=crypto, a=encryption,
+# a=rtcp with address, a second m= line with its own c= and rtcp-mux.
+LYNC_SDP = (
+    b"v=0\r\no=- 0 0 IN IP4 10.0.5.21\r\ns=session\r\nc=IN IP4 10.0.5.21\r\nb=CT:99980\r\nt=0 0\r\n"
+    b"m=audio 50020 RTP/SAVP 114 9 8 0 101\r\na=ice-ufrag:abcd\r\na=rtcp:50021 IN IP4 10.0.5.21\r\n"
+    b"a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:c2VjcmV0a2V5c2VjcmV0a2V5c2VjcmV0a2V5|2^31|1:1\r\n"
+    b"a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:c2VjcmV0a2V5c2VjcmV0a2V5c2VjcmV0a2V6|2^31\r\n"
+    b"a=encryption:required\r\na=rtpmap:114 x-msrta/16000\r\n"
+    b"m=video 50030 RTP/AVP 121\r\nc=IN IP4 10.0.5.99\r\na=rtcp-mux\r\na=encryption:rejected\r\n"
+)
+
+
+def test_sip_200_ok_with_lync_sdp_over_tcp_stream() -> None:
+    """The capture's 200 OK over TCP with its body replaced by a Lync-shaped SDP (the shared captures hold
+    no SRTP SDP); the stream also carries the capture's other messages, split by Content-Length."""
+    client, server = follow(capture("heplify__sip_ipv4_tcp.pcap"), 0)
+    # The callee hangs up: its side of the connection carries the BYE, the caller's the 200 OK to it.
+    assert [m.method or m.status for m in native_sip.parse_stream(client, 0)] == ["INVITE", "ACK", 200]
+    assert [m.method or m.status for m in native_sip.parse_stream(server, 0)] == [100, 180, 200, "BYE"]
+    ok_at = server.index(b"SIP/2.0 200")
+    head, _, _ = server[ok_at:].partition(b"\r\n\r\n")
+    head_lines = [ln for ln in head.split(b"\r\n") if not ln.lower().startswith((b"content-length", b"content-type"))]
+    lync = b"\r\n".join([*head_lines, b"Content-Type: application/sdp", b"Content-Length: %d" % len(LYNC_SDP)])
+    stream = lync + b"\r\n\r\n" + LYNC_SDP + b"\r\n" + lync + b"\r\n\r\n" + LYNC_SDP
+    ff = FlowFacts()
+    ff.observe_streams(
+        b"",
+        stream,
+        client_from_start=True,
+        server_from_start=True,
+        client_complete=True,
+        server_complete=True,
+        ts_ns=5,
+    )
+    assert ff.sip.messages == 2 and ff.sip.status_codes == {200}
+    audio, video = ff.sip.media[:2]
+    assert (audio.address, audio.port, audio.proto, audio.media) == ("10.0.5.21", 50020, "RTP/SAVP", "audio")
+    assert audio.crypto and audio.crypto_suites == ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_80")
+    assert (audio.encryption, audio.rtcp_port, audio.rtcp_address, audio.rtcp_mux) == (
+        "required",
+        50021,
+        "10.0.5.21",
+        False,
+    )
+    assert audio.is_answer and audio.status == 200 and audio.method == "INVITE" and audio.cseq is not None
+    assert (video.address, video.port, video.proto, video.crypto) == ("10.0.5.99", 50030, "RTP/AVP", False)
+    assert (video.encryption, video.rtcp_mux, video.rtcp_port) == ("rejected", True, None)
+    assert "c2VjcmV0" not in repr(ff.sip)  # SRTP master keys are never kept
+    # re-parsing the same stream does not count twice; a later segment adds one message
+    ff.observe_streams(
+        b"",
+        stream,
+        client_from_start=True,
+        server_from_start=True,
+        client_complete=True,
+        server_complete=True,
+        ts_ns=6,
+    )
+    assert ff.sip.messages == 2
+    ff.observe_message(lync[:60], 1, 7)  # cut inside its headers: the start line still counts
+    assert ff.sip.messages == 3 and len(ff.sip.media) == 4
+    cols = ff.sip.columns()
+    assert cols["sdp_crypto"] is True and cols["sdp_protos"] == ["RTP/AVP", "RTP/SAVP"]
+
+
+def test_http_request_host_path_and_status() -> None:
+    client, server = follow(capture("zeek__http-get.pcap"), 0)
+    ff = FlowFacts()
+    ff.observe_streams(
+        client,
+        server,
+        client_from_start=True,
+        server_from_start=True,
+        client_complete=True,
+        server_complete=True,
+        ts_ns=0,
+    )
+    cols = ff.http.columns()
+    assert cols["http_method"] == "GET" and cols["http_host"] == "bro.org"
+    assert cols["http_requests"] == 1 and cols["http_path"] == "/download/CHANGES.bro-aux.txt"
+    assert ff.http.statuses == [200]
+    # pipelined second request with a query string: counted once, its query redacted
+    second = b"GET /abs/path?user=alice HTTP/1.1\r\nHost: lyncweb.contoso.com\r\n\r\n"
+    ff.observe_streams(
+        client + second,
+        server,
+        client_from_start=True,
+        server_from_start=True,
+        client_complete=True,
+        server_complete=True,
+        ts_ns=0,
+    )
+    assert ff.http.requests == 2 and ff.http.paths[1] == "/abs/path" + REDACTED
+    assert "alice" not in repr(ff.http)
+    ff.observe_message(second, 0, 1)
+    assert ff.http.requests == 3
+
+
+def test_stun_classic_ms_turn_and_dtls_srtp() -> None:
+    path = capture("arkime__stun.pcap")
+    ff = FlowFacts()
+    for p in udp_payloads(path, "classicstun"):
+        ff.observe_datagram(p, 0, 0)
+    assert (ff.stun.messages, ff.stun.classic, ff.stun.ms_turn) == (3, 3, False)
+    assert ff.stun.types == {0x0001}
+    ms = FlowFacts()
+    (allocate,) = udp_payloads(path, "stun")
+    ms.observe_datagram(allocate, 0, 0)
+    assert (ms.stun.messages, ms.stun.classic, ms.stun.ms_turn) == (1, 0, True)
+    assert ms.stun.types == {0x0003} and {0x000F, 0x8008, 0x8055} <= ms.stun.attributes
+    # the same message framed for TCP ([MS-TURN] §2.1.4), twice, with a data frame between
+    framed = b"\x02\x00" + struct.pack("!H", len(allocate)) + allocate
+    tcp = FlowFacts()
+    stream = framed + b"\x03\x00\x00\x04abcd" + framed
+    tcp.observe_streams(
+        stream,
+        b"",
+        client_from_start=True,
+        server_from_start=True,
+        client_complete=True,
+        server_complete=True,
+        ts_ns=0,
+    )
+    assert (tcp.stun.messages, tcp.stun.ms_turn) == (2, True)
+    dtls = capture("ndpi__stun_dtls_rtp.pcapng")
+    hellos = udp_payloads(dtls, "dtls.handshake.type == 1 or dtls.handshake.type == 2")
+    assert hellos
+    for h in hellos:
+        one = FlowFacts()
+        one.observe_datagram(h, 0, 0)
+        assert one.dtls_srtp
+    plain = FlowFacts()
+    for p in udp_payloads(dtls, "dtls and not dtls.handshake.type == 1 and not dtls.handshake.type == 2"):
+        plain.observe_datagram(p, 0, 0)
+    assert not plain.dtls_srtp
+    for p in udp_payloads(dtls, "stun"):
+        plain.observe_datagram(p, 0, 0)
+    assert plain.stun.messages > 0 and not plain.stun.ms_turn
