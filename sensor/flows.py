@@ -379,7 +379,7 @@ def process(  # type: ignore[no-untyped-def]
             else:
                 fu[f, U_PT_HI] |= np.uint64(1) << np.uint64(pt - 64)
             hl = rtp.rtp_header_len(pbuf, poff, plen)
-            rtp.observe_payload(pbuf, poff, plen, hl, pt, d, ts, pstats, f)
+            rtp.observe_payload(pbuf, poff, plen, hl, pt, d, pstats, f)
             unit = frame_unit[pt]
             if hl > 0 and unit > 0:
                 body = plen - hl

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numba as nb
@@ -43,6 +45,13 @@ PT_KIND[19] = PK_CN  # RFC 1890's reserved CN type, still sent by old gateways
 PT_KIND[118] = PK_CN
 PT_KIND[101] = PK_TE
 
+# Positional verdicts: at least POS_MIN_PACKETS sampled packets; "structure" when some byte position took at
+# most STRUCTURE_FRACTION of the distinct values uniform bytes give; "uniform" when every position is within
+# UNIFORM_SIGMAS standard deviations of it (calibrated on the ffmpeg corpus, tests/support/media_corpus.py).
+POS_MIN_PACKETS = 32
+STRUCTURE_FRACTION = 0.5
+UNIFORM_SIGMAS = 4.0
+
 # Per-flow payload statistics (one int64 row per flow, kept by the flow table; observe_payload writes them).
 # Positional byte statistics: the first POS_SAMPLE RTP packets of the flow whose payload is at least
 # POS_MIN_BODY bytes (so bytes 0..3 lie before an SRTP tag), a 256-bit set of the values of each of
@@ -50,17 +59,18 @@ PT_KIND[101] = PK_TE
 POS_BYTES = 4
 POS_SAMPLE = 64
 POS_MIN_BODY = 4 + 10
-# Timing sample per direction: the first CLOCK_SAMPLE packets give the RTP clock rate against packet time.
+# Timestamp sample per direction: over the first CLOCK_SAMPLE packets, how many advance the RTP timestamp by an
+# Opus frame (10/20/40/60 ms at the 48 kHz clock RFC 7587 mandates), and how many media packets (20 bytes or
+# more) repeat the previous packet's timestamp, as the packets of one video frame do (RFC 3550 §5.1).
 CLOCK_SAMPLE = 64
+OPUS_STEPS = (480, 960, 1920, 2880)
 PS_POS_N = 0
 PS_DISTINCT = 1  # .. +POS_BYTES
 PS_BITS = PS_DISTINCT + POS_BYTES  # POS_BYTES x 4 words of 64 bits
 PS_CLK_N = PS_BITS + 4 * POS_BYTES  # per direction (2 columns each from here on)
-PS_TS0 = PS_CLK_N + 2
-PS_WALL0 = PS_TS0 + 2
-PS_TS_SPAN = PS_WALL0 + 2  # RTP timestamp advance (mod 2^32) from the first to the last sampled packet
-PS_WALL_SPAN = PS_TS_SPAN + 2
-PS_PREV_TS = PS_WALL_SPAN + 2
+PS_STEP48 = PS_CLK_N + 2
+PS_SAME_TS = PS_STEP48 + 2
+PS_PREV_TS = PS_SAME_TS + 2
 PS_PREV_PT = PS_PREV_TS + 2
 PS_PREV_DUR = PS_PREV_PT + 2
 PS_SAME_TS = PS_PREV_DUR + 2  # packets carrying the previous packet's timestamp (video frames, events)
@@ -159,9 +169,9 @@ def _red_fit(buf, p, body, pt):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True)
-def observe_payload(buf, poff, plen, hl, pt, d, ts, ps, f):  # type: ignore[no-untyped-def]
-    """Payload statistics of one RTP packet (datagram at poff, plen bytes, header hl bytes, direction d,
-    packet time ts in ns) into row f of the per-flow array ps (columns PS_*)."""
+def observe_payload(buf, poff, plen, hl, pt, d, ps, f):  # type: ignore[no-untyped-def]
+    """Payload statistics of one RTP packet (datagram at poff, plen bytes, header hl bytes, direction d)
+    into row f of the per-flow array ps (columns PS_*)."""
     if hl <= 0:
         return
     p = poff + hl
@@ -173,13 +183,11 @@ def observe_payload(buf, poff, plen, hl, pt, d, ts, ps, f):  # type: ignore[no-u
     same = ps[f, PS_CLK_N + d] > 0 and rts == ps[f, PS_PREV_TS + d] and pt == ps[f, PS_PREV_PT + d]
     k = ps[f, PS_CLK_N + d]
     if k < CLOCK_SAMPLE:
-        if k == 0:
-            ps[f, PS_TS0 + d] = rts
-            ps[f, PS_WALL0 + d] = ts
-        else:
-            ps[f, PS_TS_SPAN + d] = (rts - ps[f, PS_TS0 + d]) & 0xFFFFFFFF
-            ps[f, PS_WALL_SPAN + d] = ts - ps[f, PS_WALL0 + d]
-            if same:
+        if k > 0 and pt == ps[f, PS_PREV_PT + d]:
+            step = (rts - ps[f, PS_PREV_TS + d]) & 0xFFFFFFFF
+            if step == 480 or step == 960 or step == 1920 or step == 2880:
+                ps[f, PS_STEP48 + d] += 1
+            elif step == 0 and body >= 20:
                 ps[f, PS_SAME_TS + d] += 1
         ps[f, PS_CLK_N + d] = k + 1
     kind = PT_KIND[pt]
@@ -265,6 +273,70 @@ def is_rtcp_stream(s: MediaStats) -> bool:
     return s.rtcp_packets >= 1 and s.rtcp_packets >= 0.8 * s.udp_packets and s.rtp_packets <= s.rtcp_packets
 
 
+def _uniform_distinct(n: int) -> tuple[float, float]:
+    """Mean and standard deviation of the number of distinct values among n uniform random bytes."""
+    q1, q2 = (255 / 256) ** n, (254 / 256) ** n
+    mean = 256 * (1 - q1)
+    var = 256 * 255 * q2 + 256 * q1 - 256 * 256 * q1 * q1
+    return mean, math.sqrt(max(var, 1e-9))
+
+
+def structured_when_plain(ps: Sequence[int]) -> str | None:
+    """Why this stream's plain payloads would start with structure, or None if nothing says so.
+
+    Every RTP video format puts a payload header first (H.264 NAL header RFC 6184, VP8 descriptor RFC 7741,
+    H.263 RFC 4629/2190, Lync's RTVideo), and only video spreads a frame over packets sharing a timestamp;
+    Opus (48 kHz clock, RFC 7587) starts each packet with its TOC byte. Narrow- and wideband speech codecs
+    (G.711 noise, G.722, G.729, SILK, Siren, RTAudio) can look random in the clear, so uniform bytes say
+    nothing about them. Both tests read the RTP header, which SRTP leaves in the clear.
+    """
+    n = ps[PS_CLK_N] + ps[PS_CLK_N + 1]
+    if n < POS_MIN_PACKETS:
+        return None
+    same = ps[PS_SAME_TS] + ps[PS_SAME_TS + 1]
+    if same >= 0.1 * n:
+        return f"video: {same}/{n} pkts share a frame timestamp"
+    step48 = ps[PS_STEP48] + ps[PS_STEP48 + 1]
+    if step48 >= 0.8 * n:
+        return f"opus: {step48}/{n} timestamp steps of a 48kHz frame"
+    return None
+
+
+def payload_evidence(ps: Sequence[int]) -> list[Evidence]:
+    """Evidence from the payload bytes themselves (columns PS_* of one flow; see observe_payload)."""
+    ev: list[Evidence] = []
+    if len(ps) < NPS:
+        return ev
+    n = ps[PS_POS_N]
+    if n >= POS_MIN_PACKETS:
+        distinct = [ps[PS_DISTINCT + j] for j in range(POS_BYTES)]
+        low = min(distinct)
+        mean, sd = _uniform_distinct(n)
+        text = f"bytes0-{POS_BYTES - 1} distinct {'/'.join(map(str, distinct))} of {n} pkts"
+        if low <= STRUCTURE_FRACTION * mean:
+            ev.append(Evidence(False, 0.85, f"payload:structure {text}"))
+        elif low >= mean - UNIFORM_SIGMAS * sd:
+            why = structured_when_plain(ps)
+            if why is not None:
+                ev.append(Evidence(True, 0.8, f"payload:uniform {text} ({why})"))
+    cn = ps[PS_CN_N]
+    if cn >= 3:
+        if ps[PS_CN_SHORT] > 0 and ps[PS_CN_HIGH] == 0:
+            ev.append(Evidence(False, 0.8, f"payload:cn-plain {ps[PS_CN_SHORT]}/{cn} of 1-4 bytes, levels < 128"))
+        elif ps[PS_CN_SHORT] == 0 and ps[PS_CN_HIGH] >= 0.2 * cn:
+            ev.append(Evidence(True, 0.7, f"payload:cn-tag {cn} of 5+ bytes, {ps[PS_CN_HIGH]} levels >= 128"))
+    ok, bad, tagged = ps[PS_TE_OK], ps[PS_TE_BAD], ps[PS_TE_TAG]
+    if ok >= 3 and bad == 0 and tagged == 0:
+        ev.append(Evidence(False, 0.8, f"payload:telephone-event {ok} plain 4-byte events"))
+    elif tagged >= 3 and ok == 0:
+        ev.append(Evidence(True, 0.7, f"payload:telephone-event+tag {tagged} of 8/14 bytes"))
+    if ps[PS_RED_FIT] >= 3:
+        seen = ps[PS_RED_SEEN]
+        conf = 0.85 if seen else 0.7
+        ev.append(Evidence(False, conf, f"payload:red-headers {ps[PS_RED_FIT]} ({seen} naming a type of the stream)"))
+    return ev
+
+
 def own_evidence(s: MediaStats) -> list[Evidence]:
     """Evidence from the flow's own packets: RTCP chain/trailer, payload length vs codec frame, G.711 bytes."""
     ev: list[Evidence] = []
@@ -286,6 +358,7 @@ def own_evidence(s: MediaStats) -> list[Evidence]:
             ev.append(Evidence(False, 0.7, f"bytes:g711-structure chi2={chi2:.0f}"))
         elif chi2 < 60.0:
             ev.append(Evidence(True, 0.6, f"bytes:uniform chi2={chi2:.0f}"))
+    ev += payload_evidence(s.payload)
     return ev
 
 

@@ -1,0 +1,1 @@
+"""Helpers the tests share that are bigger than a fixture: corpus builders."""
