@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -30,7 +31,16 @@ from urllib.parse import quote
 
 from sensor.config import Config
 from sensor.errors import SinkError, SourceError
-from sensor.sources.zeek import LOGS, PROBLEMS, LogStream, Position, ZeekRecord
+from sensor.sources.zeek import (
+    BAD_VALUE,
+    LOGS,
+    MAX_FILE_BYTES,
+    MAX_LINE_BYTES,
+    PROBLEMS,
+    LogStream,
+    Position,
+    ZeekRecord,
+)
 from sensor.topology import Topology
 
 if TYPE_CHECKING:  # numpy/pyarrow load on use: `lync-sensor --help` and the other subcommands stay quick
@@ -553,8 +563,13 @@ def _names() -> tuple[str, ...]:
     return tuple(f.name for f in FLOW_SCHEMA)
 
 
-def to_table(rows: Sequence[dict[str, object]]) -> pa.Table:
-    """Flow records -> an Arrow table of FLOW_SCHEMA (ts as UTC microseconds)."""
+def to_table(rows: Sequence[dict[str, object]], problems: Counter[str] | None = None) -> pa.Table:
+    """Flow records -> an Arrow table of FLOW_SCHEMA (ts as UTC microseconds).
+
+    A column converts in one piece; when that fails, its values convert one at a time, and a value that is
+    not of the column's type is left null and counted (`zeek_bad_value`): one bad value costs one field.
+    Strings holding bytes that are not UTF-8 (surrogate escapes) are stored with U+FFFD for those bytes.
+    """
     import pyarrow as pa
 
     from sensor.schema import FLOW_SCHEMA
@@ -565,15 +580,33 @@ def to_table(rows: Sequence[dict[str, object]]) -> pa.Table:
         for name in names:
             v = r.get(name)
             if name in ("ts", "ts_end", "flow_start") and isinstance(v, float):
-                v = round(v * 1_000_000)
+                v = round(v * 1_000_000) if math.isfinite(v) else None
             cols[name].append(v)
     arrays = []
     for f in FLOW_SCHEMA:
-        if pa.types.is_timestamp(f.type):
-            arrays.append(pa.array(cols[f.name], pa.int64()).cast(f.type))
-        else:
-            arrays.append(pa.array(cols[f.name], f.type))
+        kind = pa.int64() if pa.types.is_timestamp(f.type) else f.type
+        try:
+            arr = pa.array(cols[f.name], kind)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeError, TypeError, ValueError):
+            arr = pa.array([_one_value(v, kind, problems) for v in cols[f.name]], kind)
+        arrays.append(arr.cast(f.type) if kind != f.type else arr)
     return pa.Table.from_arrays(arrays, schema=FLOW_SCHEMA)
+
+
+def _one_value(v: object, kind: pa.DataType, problems: Counter[str] | None) -> object:
+    import pyarrow as pa
+
+    if isinstance(v, str):
+        v = _text(v)
+    elif isinstance(v, list):
+        v = [_text(e) if isinstance(e, str) else e for e in v]
+    try:
+        pa.array([v], kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeError, TypeError, ValueError):
+        if problems is not None:
+            problems[BAD_VALUE] += 1
+        return None
+    return v
 
 
 # --------------------------------------------------------------------------------------------- state file
@@ -657,6 +690,8 @@ class ZeekIngest:
         settle_s: float = 2.0,
         chunk_flows: int = 100_000,
         keep_rows: int = 1_000_000,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
         seen: dict[Path, None] = {}
         for d in directories:
@@ -692,6 +727,8 @@ class ZeekIngest:
                     done=self.state.done.get(key, ()),
                     ts_substitute=ts_substitute,
                     settle_s=settle_s,
+                    max_line_bytes=max_line_bytes,
+                    max_file_bytes=max_file_bytes,
                 )
         if not follow and not any(any(d.glob(f"{n}*.log*")) for d in self.directories for n in LOGS):
             names = ", ".join(LOGS)
@@ -787,7 +824,7 @@ class ZeekIngest:
         from sensor.lake import LakeWriter
 
         rows = self.assembler.take()
-        table = to_table(rows)
+        table = to_table(rows, self.problems)
         lake = Path(self.cfg.sensor.lake)
         if table.num_rows:
             self._written += LakeWriter(lake, self.cfg.sensor.id).write("flows", table)
@@ -927,6 +964,9 @@ _PROBLEM_TEXT = {
     "zeek_unparseable_ts": "line(s) with an unparseable ts (facts kept, joined by uid)",
     "zeek_rotated_file_lost": "file(s) being read at the last stop no longer found",
     "zeek_truncated_file": "file(s) truncated in place (read again from the start)",
+    "zeek_bad_value": "value(s) not of their field's type (left unset, the rest of the line kept)",
+    "zeek_line_too_long": "line(s) longer than the line cap skipped",
+    "zeek_file_size_cap": "file(s) cut at the decompressed size cap",
     UNKNOWN_CIPHER: "cipher name(s) not in cipher_suites.csv (tls_cipher left null)",
 }
 

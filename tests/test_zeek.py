@@ -220,7 +220,7 @@ def test_zeekctl_archive_names_sort_by_directory_date(tmp_path: Path) -> None:
 def test_malformed_lines_and_a_header_change_are_counted_and_reading_goes_on(tmp_path: Path) -> None:
     body = conn_log([conn_row(1)]).decode()
     body += "this is not a zeek line\n"
-    body += "\t".join([*conn_row(2)[:-1], "many"]) + "\n"  # a count that is not a number
+    body += "\t".join([*conn_row(2)[:-1], "many"]) + "\n"  # a count that is not a number: that field only
     body += "\t".join(conn_row(3)) + "\n"
     # Zeek started writing with another schema (e.g. a package added a field): new #fields, new #types
     body += "#fields\t" + "\t".join([*CONN_FIELDS, "orig_role"]) + "\n#types\t" + "\t".join([*CONN_TYPES, "string"])
@@ -229,15 +229,18 @@ def test_malformed_lines_and_a_header_change_are_counted_and_reading_goes_on(tmp
     (tmp_path / "conn.log").write_text(body)
     metrics = SensorMetrics()
     result = ingest(config(tmp_path / "c"), tmp_path, rules=False, metrics=metrics)
-    assert sorted(r["uid"] for r in result.table.to_pylist()) == ["CFollow00000000001", "CFollow00000000003",
-                                                                 "CFollow00000000004"]  # fmt: skip
-    assert result.problems[zs.MALFORMED] == 3 and result.problems[zs.HEADER_CHANGE] == 1
+    rows = {r["uid"]: r for r in result.table.to_pylist()}
+    assert sorted(rows) == [f"CFollow0000000000{n}" for n in (1, 2, 3, 4)]
+    assert rows["CFollow00000000002"]["resp_pkts"] is None and rows["CFollow00000000002"]["orig_pkts"] == 3
+    assert result.problems[zs.MALFORMED] == 2 and result.problems[zs.HEADER_CHANGE] == 1
+    assert result.problems[zs.BAD_VALUE] == 1
     sample = metrics.registry.get_sample_value
-    assert sample("lync_sensor_decode_errors_total", {"kind": "zeek_malformed_line"}) == 3
+    assert sample("lync_sensor_decode_errors_total", {"kind": "zeek_malformed_line"}) == 2
     assert sample("lync_sensor_decode_errors_total", {"kind": "zeek_header_change"}) == 1
-    assert sample("lync_sensor_capture_packets_total", {"source": "zeek"}) == 15  # 3 flows x 5 packets
+    assert sample("lync_sensor_decode_errors_total", {"kind": "zeek_bad_value"}) == 1
+    assert sample("lync_sensor_capture_packets_total", {"source": "zeek"}) == 18  # 3 flows x 5 packets, 1 x 3
     lines = zeek.problem_lines(result)
-    assert "3 malformed line(s) skipped" in lines and "1 header change(s) mid-file (schema switched)" in lines
+    assert "2 malformed line(s) skipped" in lines and "1 header change(s) mid-file (schema switched)" in lines
 
 
 def test_truncated_gzip_keeps_the_lines_before_the_damage(tmp_path: Path) -> None:

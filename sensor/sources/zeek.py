@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -37,7 +38,53 @@ ROTATED = "zeek_rotated_while_reading"
 BAD_TS = "zeek_unparseable_ts"
 LOST = "zeek_rotated_file_lost"
 TRUNCATED_FILE = "zeek_truncated_file"
-PROBLEMS: tuple[str, ...] = (MALFORMED, HEADER_CHANGE, TRUNCATED_GZIP, ROTATED, BAD_TS, LOST, TRUNCATED_FILE)
+BAD_VALUE = "zeek_bad_value"  # one field not of its type (the field is left unset, the rest of the line kept)
+LONG_LINE = "zeek_line_too_long"  # a line longer than the line cap (skipped without being held in memory)
+SIZE_CAP = "zeek_file_size_cap"  # a file whose decompressed size passed the per-file cap (the rest not read)
+PROBLEMS: tuple[str, ...] = (
+    MALFORMED,
+    HEADER_CHANGE,
+    TRUNCATED_GZIP,
+    ROTATED,
+    BAD_TS,
+    LOST,
+    TRUNCATED_FILE,
+    BAD_VALUE,
+    LONG_LINE,
+    SIZE_CAP,
+)
+
+# Caps on what one log file may cost (the config keys zeek.max_line_bytes and zeek.max_file_bytes would set
+# them; a line of Zeek's own logs is a few KiB, an hour of a busy conn.log a few GiB uncompressed).
+MAX_LINE_BYTES = 1 << 20
+MAX_FILE_BYTES = 64 << 30
+_MAX_DEPTH = 4  # JSON nesting the logs use: `id.orig_h` nested is depth 2; anything deeper is not Zeek's
+
+# Zeek's types of the fields the mapping (sensor/zeek.py) reads, from the Info records of Zeek's scripts
+# (base/protocols/{conn,ssl,sip,http}/main.zeek, base/files/x509/main.zeek) and the package's lync.log
+# (deploy/zeek/scripts/main.zeek). A value is converted to this type on its own, whatever the file's #types
+# say: one that does not convert (or a negative count) is a bad value, counted and left unset.
+_ID_FIELDS = {"ts": "time", "uid": "string", "id.orig_h": "addr", "id.orig_p": "port", "id.resp_h": "addr",
+              "id.resp_p": "port"}  # fmt: skip
+FIELD_TYPES: dict[str, dict[str, str]] = {
+    "conn": {**_ID_FIELDS, "proto": "enum", "service": "string", "duration": "interval", "orig_bytes": "count",
+             "resp_bytes": "count", "orig_pkts": "count", "resp_pkts": "count", "orig_ip_bytes": "count",
+             "resp_ip_bytes": "count"},
+    "ssl": {**_ID_FIELDS, "version": "string", "cipher": "string", "server_name": "string", "resumed": "bool",
+            "last_alert": "string", "established": "bool", "ssl_history": "string",
+            "cert_chain_fps": "vector[string]", "cert_chain_fuids": "vector[string]",
+            "client_cert_chain_fps": "vector[string]", "client_cert_chain_fuids": "vector[string]",
+            "requested_client_certificate_authorities": "vector[string]"},
+    "x509": {"ts": "time", "id": "string", "fingerprint": "string", "certificate.subject": "string",
+             "san.dns": "vector[string]"},
+    "sip": {**_ID_FIELDS, "method": "string", "status_code": "count", "call_id": "string", "seq": "string"},
+    "http": {**_ID_FIELDS, "trans_depth": "count", "method": "string", "host": "string", "uri": "string"},
+    "lync": {**_ID_FIELDS, "proto": "enum", "cert_request": "bool", "orig_first_byte": "count",
+             "resp_first_byte": "count", "orig_rtp_version": "count", "resp_rtp_version": "count",
+             "media_range": "bool", "sip_tcp": "bool"},
+}  # fmt: skip
+_INT64_MAX = (1 << 63) - 1
+_TS_MAX = 4_102_444_800.0  # 2100-01-01: a later (or negative) time is not a log's
 
 _CHUNK = 1 << 20
 _IDENT_MAX = 1 << 16  # the identity hash covers the header and the first record, at most this many bytes
@@ -111,18 +158,67 @@ def _byte_char(b: int) -> str:
     return chr(b) if b < 0x80 else chr(0xDC00 + b)
 
 
-def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(obj: dict[str, Any], problems: Counter[str], prefix: str = "", depth: int = 1) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in obj.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            if depth >= _MAX_DEPTH:
+                problems[BAD_VALUE] += 1  # nested deeper than any Zeek log: not a value of this schema
+                continue
+            out.update(_flatten(v, problems, f"{prefix}{k}.", depth + 1))
         elif isinstance(v, str):
-            out[prefix + k] = _json_unescape(v)
+            out[prefix + k] = _json_text(v, problems)
         elif isinstance(v, list):
-            out[prefix + k] = [_json_unescape(e) if isinstance(e, str) else e for e in v]
+            out[prefix + k] = [_json_text(e, problems) if isinstance(e, str) else e for e in v]
         else:
             out[prefix + k] = v
     return out
+
+
+def _json_text(value: str, problems: Counter[str]) -> str:
+    """A JSON string: Zeek's \\xNN escapes as bytes; a lone surrogate (`"\\ud800"`, not text in any encoding)
+    is a bad value, kept as U+FFFD."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            problems[BAD_VALUE] += 1
+            value = _no_lone(value)
+    return _json_unescape(value)
+
+
+def _no_lone(value: str) -> str:
+    """Lone surrogates outside surrogateescape's range (U+DC80..U+DCFF, raw bytes) become U+FFFD."""
+    return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF and not 0xDC80 <= ord(c) <= 0xDCFF else c for c in value)
+
+
+def _defuse_nesting(line: bytes, limit: int = 64) -> tuple[bytes, int]:
+    """Replace each top-level member value nested deeper than `limit` by null, so that the line's other fields
+    still parse (Python's JSON decoder recurses and fails on deep nesting); returns the line and how many."""
+    out, depth, in_str, esc, start, deep, n, last = bytearray(), 0, False, False, -1, False, 0, 0
+    for i, b in enumerate(line):
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:
+                esc = True
+            elif b == 0x22:
+                in_str = False
+            continue
+        if b == 0x22:
+            in_str = True
+        elif b in (0x7B, 0x5B):
+            depth += 1
+            if depth == 2:
+                start, deep = i, False
+            elif depth > limit:
+                deep = True
+        elif b in (0x7D, 0x5D):
+            if depth == 2 and deep:
+                out += line[last:start] + b"null"
+                last, n = i + 1, n + 1
+            depth -= 1
+    return bytes(out + line[last:]), n
 
 
 def parse_ts(value: object) -> float | None:
@@ -130,20 +226,77 @@ def parse_ts(value: object) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        v = float(value)
-        return v / 1000.0 if v > 1e11 else v
+        return _epoch(float(value))
     if isinstance(value, bytes | str):
         text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
         try:
-            return float(text)
-        except ValueError:
+            return _epoch(float(text))
+        except (ValueError, OverflowError):
             pass
         try:
             t = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
             return None
-        return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+        return _epoch((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp())
     return None
+
+
+def _epoch(v: float) -> float | None:
+    """Seconds (milliseconds above 1e11) within 1970..2100; anything else (NaN, inf, -1) is no time."""
+    if not math.isfinite(v):
+        return None
+    v = v / 1000.0 if v > 1e11 else v
+    return v if 0.0 <= v <= _TS_MAX else None
+
+
+def convert(kind: str, value: Any, problems: Counter[str]) -> Any:
+    """One value (JSON's, or TSV's text) to its Zeek type; a value that is not one is counted and None."""
+    if value is None:
+        return None
+    try:
+        if kind.startswith(("set[", "vector[")):
+            if not isinstance(value, list):
+                raise TypeError(kind)
+            inner = kind[kind.index("[") + 1 : -1]
+            items = (convert(inner, e, problems) for e in value)
+            return [e for e in items if e is not None]
+        return _scalar_of(kind, value)
+    except (ValueError, TypeError, OverflowError, UnicodeError):
+        problems[BAD_VALUE] += 1
+        return None
+
+
+_INT_RANGE = {"count": (0, _INT64_MAX), "int": (-_INT64_MAX - 1, _INT64_MAX), "port": (0, 65535)}
+
+
+def _scalar_of(kind: str, v: Any) -> Any:
+    if isinstance(v, bytes):  # TSV text: a number is ASCII (b"\xff" is no count), a string has \xNN escapes
+        numeric = kind in _INT_RANGE or kind in ("double", "interval", "time", "bool")
+        v = v.decode("ascii") if numeric else _unescape(v).decode("utf-8", "surrogateescape")
+    if kind in _INT_RANGE:
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            raise TypeError(kind)
+        n = int(v)  # int("NaN"): ValueError
+        lo, hi = _INT_RANGE[kind]
+        if not lo <= n <= hi:  # a negative count (orig_pkts = -1), a port past 65535, past int64
+            raise ValueError(f"{kind} {n} out of range")
+        return n
+    if kind in ("double", "interval", "time"):
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            raise TypeError(kind)
+        f = float(v)
+        if not math.isfinite(f) or (kind == "interval" and f < 0):
+            raise ValueError(f"{kind} {f}")
+        return f
+    if kind == "bool":
+        if isinstance(v, bool):
+            return v
+        if v in ("T", "F"):
+            return v == "T"
+        raise ValueError(f"bool {v!r}")
+    if not isinstance(v, str):  # string, enum, addr
+        raise TypeError(kind)
+    return v
 
 
 class LineParser:
@@ -167,6 +320,7 @@ class LineParser:
         self.fields: list[str] | None = None
         self.types: list[str] | None = None
         self.data_lines = 0
+        self.known = FIELD_TYPES.get(log_name, {})
         self._warned: set[str] = set()
 
     @staticmethod
@@ -220,6 +374,10 @@ class LineParser:
         if fields is None:
             self.problems[MALFORMED] += 1
             return None
+        if self.format == "json":
+            for name, kind in self.known.items():
+                if name != "ts" and name in fields:
+                    fields[name] = convert(kind, fields[name], self.problems)
         ts = parse_ts(fields.get("ts"))
         if ts is None:
             # Counted and reported; the line's facts are kept (they join conn.log by uid), and only a flow
@@ -249,22 +407,36 @@ class LineParser:
     def _json(self, line: bytes) -> dict[str, Any] | None:
         masked = False
         try:
-            obj = json.loads(line)
+            obj = self._loads(line)
         except ValueError:
             fixed, n = _MASKED.subn(rb"\1null", line)
             if not n:
                 return None
             masked = True
             try:
-                obj = json.loads(fixed)
+                obj = self._loads(fixed)
             except ValueError:
                 return None
         if not isinstance(obj, dict):
             return None
-        fields = _flatten(obj)
+        fields = _flatten(obj, self.problems)
         if masked and fields.get("ts") is None:
             fields["ts_raw"] = "XXXXXXXXXX.XXXXXX"
         return fields
+
+    def _loads(self, line: bytes) -> Any:
+        """json.loads, with bytes that are not UTF-8 kept as raw bytes (as Zeek's \\xNN), and nesting deeper
+        than Python's decoder can take cut out of the line (each such value counted as bad)."""
+        text = line.decode("utf-8", "surrogateescape")
+        try:
+            return json.loads(text)
+        except RecursionError:
+            defused, n = _defuse_nesting(line)
+            self.problems[BAD_VALUE] += n
+            try:
+                return json.loads(defused.decode("utf-8", "surrogateescape"))
+            except RecursionError:
+                raise ValueError("nested too deeply") from None
 
     def _tsv(self, line: bytes) -> dict[str, Any] | None:
         if self.fields is None:
@@ -274,64 +446,58 @@ class LineParser:
             return None
         types = self.types if self.types is not None and len(self.types) == len(self.fields) else None
         out: dict[str, Any] = {}
-        try:
-            for i, (name, raw) in enumerate(zip(self.fields, values, strict=True)):
-                kind = types[i] if types else ("time" if name == "ts" else "string")
-                if kind == "time":
-                    out[name] = parse_ts(raw) if raw != self.unset else None
-                    if name == "ts" and out[name] is None:
-                        out["ts_raw"] = raw.decode("utf-8", "replace")
-                else:
-                    out[name] = self._value(raw, kind)
-        except ValueError:
-            return None
+        for i, (name, raw) in enumerate(zip(self.fields, values, strict=True)):
+            # the sensor's own type for a field it reads, whatever #types says (a header may lie)
+            kind = self.known.get(name) or (types[i] if types else "string")
+            if name == "ts" or kind == "time":
+                out[name] = parse_ts(raw) if raw != self.unset else None
+                if name == "ts" and out[name] is None:
+                    out["ts_raw"] = raw.decode("utf-8", "replace")
+                continue
+            out[name] = self._value(raw, kind)
         return out
 
     def _value(self, raw: bytes, kind: str) -> Any:
+        """One TSV field to its type; a field that does not convert is counted and unset."""
         if raw == self.unset:
             return None
         if kind.startswith(("set[", "vector[")):
             if raw == self.empty:
                 return []
             inner = kind[kind.index("[") + 1 : -1]
-            return [None if e == self.unset else self._scalar(e, inner) for e in raw.split(self.set_sep)]
+            items = (convert(inner, e, self.problems) for e in raw.split(self.set_sep) if e != self.unset)
+            return [e for e in items if e is not None]
         if raw == self.empty and kind == "string":
             return ""
-        return self._scalar(raw, kind)
-
-    def _scalar(self, raw: bytes, kind: str) -> Any:
-        if kind in ("count", "int", "port"):
-            return int(raw)
-        if kind in ("double", "interval", "time"):
-            return float(raw)
-        if kind == "bool":
-            if raw in (b"T", b"F"):
-                return raw == b"T"
-            raise ValueError(f"bool {raw!r}")
-        return _unescape(raw).decode("utf-8", "surrogateescape")
+        return convert(kind, raw, self.problems)
 
 
 class _Gunzip:
     """gzip decompression that hands out every byte it could decode before a truncation (GzipFile drops the
-    last block it was decoding), for concatenated members too; a truncated file raises EOFError at its end."""
+    last block it was decoding), for concatenated members too; a truncated file raises EOFError at its end.
+    At most `n` bytes come out of one read, however well the input compresses (a gzip bomb stays small)."""
 
     def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
         self._d = zlib.decompressobj(wbits=31)
 
     def read(self, n: int = _CHUNK) -> bytes:
-        out = b""
-        while not out:
-            chunk = self.raw.read(max(n, 1 << 16))
-            if not chunk:
-                if not self._d.eof:
-                    raise EOFError("compressed file ended before the end-of-stream marker was reached")
-                return b""
-            out = self._d.decompress(chunk)
-            while self._d.eof and self._d.unused_data:
-                rest, self._d = self._d.unused_data, zlib.decompressobj(wbits=31)
-                out += self._d.decompress(rest)
-        return out
+        while True:
+            d = self._d
+            if d.eof and d.unused_data:  # the next member of a concatenated file
+                data = d.unused_data
+                self._d = d = zlib.decompressobj(wbits=31)
+            elif d.unconsumed_tail:
+                data = d.unconsumed_tail
+            else:
+                data = self.raw.read(1 << 16)
+                if not data:
+                    if not d.eof:
+                        raise EOFError("compressed file ended before the end-of-stream marker was reached")
+                    return b""
+            out = d.decompress(data, max(n, 1))
+            if out:
+                return out
 
     def close(self) -> None:
         self.raw.close()
@@ -340,9 +506,22 @@ class _Gunzip:
 class _Lines:
     """One open file, plain or gzip, handing out complete lines from a (decompressed) byte offset."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        problems: Counter[str] | None = None,
+        max_line: int = MAX_LINE_BYTES,
+        max_bytes: int = MAX_FILE_BYTES,
+    ) -> None:
         self.path = path
         self.gz = path.name.endswith(".gz")
+        self.problems: Counter[str] = problems if problems is not None else Counter()
+        self.max_line = max_line
+        self.max_bytes = max_bytes
+        self.read_bytes = 0  # decompressed bytes read so far
+        self.capped = False  # stopped at max_bytes
+        self._skipping = False  # inside a line longer than max_line, throwing it away
         raw = path.open("rb", buffering=0)
         st = os.fstat(raw.fileno())
         self.dev, self.inode = st.st_dev, st.st_ino
@@ -363,16 +542,22 @@ class _Lines:
         return self._raw.fileno()
 
     def _fill(self) -> bool:
-        if self.damaged:
+        if self.damaged or self.capped:
+            return False
+        if self.read_bytes >= self.max_bytes:
+            self.capped = True
+            self.problems[SIZE_CAP] += 1
+            log.warning("%s: more than %d bytes (decompressed); the rest is not read", self.path, self.max_bytes)
             return False
         try:
-            data = self.fh.read(_CHUNK)
+            data = self.fh.read(min(_CHUNK, self.max_bytes - self.read_bytes))
         except (EOFError, zlib.error, OSError) as exc:
             self.damaged = True
             log.warning("%s: %s; keeping the lines before it", self.path, exc)
             return False
         if not data:
             return False
+        self.read_bytes += len(data)
         self.buf += data
         return True
 
@@ -381,6 +566,14 @@ class _Lines:
         while True:
             nl = self.buf.find(b"\n")
             if nl < 0:
+                if len(self.buf) > self.max_line:  # an overlong line: counted once, thrown away as it comes
+                    if not self._skipping:
+                        self._skipping = True
+                        self.problems[LONG_LINE] += 1
+                        log.warning("%s: a line longer than %d bytes at offset %d skipped", self.path,
+                                    self.max_line, self.offset)  # fmt: skip
+                    self.offset += len(self.buf)
+                    self.buf = b""
                 if not self._fill():
                     return
                 continue
@@ -388,6 +581,11 @@ class _Lines:
             self.buf = self.buf[nl + 1 :]
             start = self.offset
             self.offset += len(line)
+            if self._skipping or len(line) > self.max_line + 1:
+                if not self._skipping:
+                    self.problems[LONG_LINE] += 1
+                self._skipping = False
+                continue
             if not self.ident_done:
                 self._hash.update(line)
                 self.ident_len = self.offset
@@ -398,7 +596,15 @@ class _Lines:
     def rest(self) -> bytes:
         """What is left after the last complete line (a partial line), once the file is at its end."""
         while self._fill():
-            pass
+            if len(self.buf) > self.max_line:
+                if not self._skipping:
+                    self._skipping = True
+                    self.problems[LONG_LINE] += 1
+                self.offset += len(self.buf)
+                self.buf = b""
+        if self._skipping:
+            self.offset += len(self.buf)
+            self.buf = b""
         return self.buf
 
     @property
@@ -478,13 +684,19 @@ def _rotation_time(path: Path, stamp: str | None) -> float:
 
 
 def read_log(
-    path: Path, *, log_name: str | None = None, problems: Counter[str] | None = None, ts_substitute: float | None = None
+    path: Path,
+    *,
+    log_name: str | None = None,
+    problems: Counter[str] | None = None,
+    ts_substitute: float | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> list[ZeekRecord]:
     """Every record of one file (plain or gzip, TSV or JSON), e.g. a fixture read in place."""
     name = log_name or path.name.split(".", 1)[0]
     counts = problems if problems is not None else Counter()
     parser = LineParser(name, str(path), counts, ts_substitute)
-    src = _Lines(path)
+    src = _Lines(path, problems=counts, max_line=max_line_bytes, max_bytes=max_file_bytes)
     try:
         out = [r for start, line in src.lines(parser.is_header) if (r := parser.parse(line, start)) is not None]
         tail = src.rest()
@@ -518,7 +730,11 @@ class LogStream:
         ts_substitute: float | None = None,
         settle_s: float = 2.0,
         clock: Callable[[], float] = time.time,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.max_file_bytes = max_file_bytes
         self.directory = directory
         self.log = log_name
         self.follow = follow
@@ -574,7 +790,7 @@ class LogStream:
     # ---- opening files ---------------------------------------------------------------------------------------
     def _start(self, path: Path, current: bool, offset: int = 0) -> bool:
         try:
-            src = _Lines(path)
+            src = _Lines(path, problems=self.problems, max_line=self.max_line_bytes, max_bytes=self.max_file_bytes)
         except OSError as exc:
             log.warning("%s: cannot open: %s", path, exc)
             return False
