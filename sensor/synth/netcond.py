@@ -510,19 +510,31 @@ def _data(segs: Sequence[Segment], side: bool, phase: str = "handshake") -> list
     return [i for i, s in enumerate(segs) if s.from_orig == side and s.payload and s.phase == phase]
 
 
+def record_starts(stream: bytes) -> list[int]:
+    """Offsets where TLS records begin in a byte stream that starts on a record (headers are always clear)."""
+    out, pos = [], 0
+    while pos + 5 <= len(stream):
+        out.append(pos)
+        pos += 5 + struct.unpack("!H", stream[pos + 3 : pos + 5])[0]
+    return out
+
+
 def _reorder(segs: list[Segment]) -> list[Segment]:
-    """The rest of the server's first flight is shuffled, then each direction's first data segment is moved
-    to after that direction's last handshake segment."""
+    """Per direction, the handshake segments are permuted over their capture slots: a segment that starts in
+    the middle of a record comes first (what a sensor reading in capture order takes for the stream's start),
+    the stream's first segment comes last, the rest shuffled."""
     out = list(segs)
-    flight = [i for i, s in enumerate(out) if not s.from_orig and s.payload and s.flight == 1][1:]
-    shuffled = [out[i] for i in flight]
-    random.Random("netcond-reorder").shuffle(shuffled)
-    for i, s in zip(flight, shuffled, strict=True):
-        out[i] = s
+    rng = random.Random("netcond-reorder")
     for side in (True, False):
-        idx = _data(out, side)
-        first = out.pop(idx[0])
-        out.insert(idx[-1], first)  # idx[-1] moved one place up by the pop: insert after the old last
+        slots = _data(out, side)
+        ordered = sorted((out[i] for i in slots), key=lambda seg: seg.offset)
+        starts = set(record_starts(b"".join(seg.payload for seg in ordered)))
+        first, rest = ordered[0], ordered[1:]
+        rng.shuffle(rest)
+        lead = next(j for j, seg in enumerate(rest) if seg.offset not in starts)
+        rest.insert(0, rest.pop(lead))
+        for i, seg in zip(slots, [*rest, first], strict=True):
+            out[i] = seg
     return out
 
 
