@@ -58,8 +58,11 @@ def _code_only(sql: str) -> str:
 
 
 def default_rules_dir() -> Path:
-    """The queries/ directory shipped next to the sensor package."""
-    return Path(__file__).resolve().parents[2] / "queries"
+    """The rules shipped with the sensor: sensor/queries in an installed package (a wheel maps the repository's
+    queries/ there), else the queries/ beside the package in a source checkout."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "queries"
+    return installed if installed.is_dir() else package.parent / "queries"
 
 
 def parse(path: Path, root: Path) -> tuple[Rule | None, list[RuleProblem]]:
