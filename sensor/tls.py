@@ -154,11 +154,15 @@ class TlsFacts:
         """Unknown is not false: what the reassembled bytes could not show becomes null."""
         tls13 = self.server_version is not None and self.server_version >= 0x0304 and not self.sslv2_server_hello
         out: dict[str, object] = {}
+        # The flight is known whole only from its ServerHello (bytes picked up mid-stream may start later)
+        # to its end; TLS 1.3 encrypts Certificate and CertificateRequest.
+        flight_seen = self.server_hello_seen and self.server_flight_done and not tls13
         if not self.cert_requested:
-            # False only when the server's flight is visibly complete without one; TLS 1.3 encrypts it.
-            out["tls_cert_requested"] = False if self.server_flight_done and not tls13 else None
+            out["tls_cert_requested"] = False if flight_seen else None
         if self.server_certs is None:
-            out["tls_server_cert"] = False if self.server_flight_done and not tls13 else None
+            out["tls_server_cert"] = False if flight_seen else None
+        if self.client_certs is None and not self.client_hello_seen:
+            out["tls_client_cert"] = None  # a ClientKeyExchange without the flight's start proves nothing
         if not self.server_hello_seen and not self.sslv2_server_hello:
             out["tls_resumed"] = None
         if not self.client_hello_seen:

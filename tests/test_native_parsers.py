@@ -299,6 +299,28 @@ def test_handshake_messages_spanning_records_and_a_cut_server_flight(pki: Pki) -
     assert cut2["tls_client_cert"] is True  # the client's Certificate message is in its bytes
 
 
+def test_picked_up_mid_stream_after_the_hellos(pki: Pki) -> None:
+    """Bytes that begin at a later record: what came before them is unknown, not absent."""
+    w = handshake(client_ctx(pki), server_ctx(pki, version=TLS12, verify=ssl.CERT_OPTIONAL))
+    s_recs, c_recs = records(w.server), records(w.client)
+    assert [r[5] for _, r in c_recs[:3]] == [1, 11, 16]  # ClientHello, empty Certificate, ClientKeyExchange
+    ff = FlowFacts()
+    ff.observe_streams(
+        b"".join(r for _, r in c_recs[2:]),  # from the ClientKeyExchange on: the empty Certificate is missed
+        b"".join(r for _, r in s_recs[1:]),  # from the record after the ServerHello
+        client_from_start=False,
+        server_from_start=False,
+        client_complete=True,
+        server_complete=True,
+        ts_ns=0,
+    )
+    cols = ff.tls.columns()
+    assert ff.tls.seen and cols["tls_version"] is None
+    assert cols["tls_resumed"] is None and cols["tls_sslv2_hello"] is None
+    assert cols["tls_cert_requested"] is True
+    assert cols["tls_client_cert"] is None  # not False: its Certificate may be in the bytes not seen
+
+
 def test_no_client_bytes_means_no_client_facts(pki: Pki) -> None:
     w = handshake(client_ctx(pki), server_ctx(pki, version=TLS12))
     cols = facts(w, client=b"")

@@ -8,6 +8,8 @@ Wireshark does; TLS 1.3 encrypts everything after ServerHello.
 
 from __future__ import annotations
 
+import struct
+
 from sensor.facts.x509names import cert_names
 from sensor.tls import (
     HS_CERTIFICATE,
@@ -21,6 +23,7 @@ from sensor.tls import (
 )
 
 CT_CCS, CT_ALERT, CT_HANDSHAKE, CT_APPDATA = 20, 21, 22, 23
+_HEADER = struct.Struct("!BBBH")
 SSL2_CLIENT_HELLO = 1
 EXT_SERVER_NAME, EXT_SUPPORTED_VERSIONS = 0x0000, 0x002B
 MAX_RECORD = (1 << 14) + 2048  # RFC 5246 §6.2.3: TLSCiphertext.length
@@ -202,11 +205,11 @@ def read_direction(f: TlsFacts, data: bytes, server: bool) -> int:
     pending = b""
     encrypted = False
     last_type = -1
+    unpack = _HEADER.unpack_from
     while pos + 5 <= n:
-        ct = data[pos]
-        if not record_at(data, pos):
+        ct, major, minor, ln = unpack(data, pos)
+        if ct < CT_CCS or ct > CT_APPDATA or major != 3 or minor > 4 or ln > MAX_RECORD:
             break
-        ln = (data[pos + 3] << 8) | data[pos + 4]
         end = pos + 5 + ln
         if end > n:
             break
@@ -214,13 +217,18 @@ def read_direction(f: TlsFacts, data: bytes, server: bool) -> int:
             if encrypted and not (not server and ln >= 4 and data[pos + 5] == HS_CLIENT_HELLO and not pending):
                 pos = end  # Finished (or TLS 1.3 traffic) under the new keys
                 continue
-            pending += data[pos + 5 : end]
-            while len(pending) >= 4:
-                mlen = int.from_bytes(pending[1:4], "big")
-                if len(pending) < 4 + mlen:
+            # Messages are read in place; only a message spanning records is joined in `pending`.
+            if pending:
+                buf, p, stop = pending + data[pos + 5 : end], 0, len(pending) + ln
+            else:
+                buf, p, stop = data, pos + 5, end
+            while p + 4 <= stop:
+                mlen = (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]
+                if p + 4 + mlen > stop:
                     break
-                mtype, body = pending[0], pending[4 : 4 + mlen]
-                pending = pending[4 + mlen :]
+                mtype = buf[p]
+                body = buf[p + 4 : p + 4 + mlen]
+                p += 4 + mlen
                 types.append(mtype)
                 if server:
                     if mtype == HS_SERVER_HELLO:
@@ -241,6 +249,7 @@ def read_direction(f: TlsFacts, data: bytes, server: bool) -> int:
                     elif mtype == HS_CERTIFICATE:
                         _certificate(f, body, False)
                 last_type = mtype
+            pending = buf[p:stop]
         elif ct == CT_CCS:
             encrypted = True
             if server:
@@ -256,6 +265,8 @@ def read_direction(f: TlsFacts, data: bytes, server: bool) -> int:
                 f.server_app_data = True
             else:
                 f.client_app_data = True
+            if encrypted:
+                return base + n  # nothing in clear follows; the rest need not be walked
         pos = end
     return base + pos
 
