@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 EXAMPLE_LAKE ?= ./lake
 
-.PHONY: setup example test lint typecheck unit bench bench-rules bench-live golden clean
+.PHONY: setup example test lint typecheck unit bench bench-analyze bench-rules bench-live bench-live-media golden clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,14 +31,24 @@ unit: setup
 
 test: lint typecheck unit
 
+# analyze vs nDPI's ndpiReader and tshark on the handshake-heavy (20k TLS sessions) and media-heavy (5M packets)
+# mixes, plus peak RSS on captures 5x longer; table on stdout, bench/out/stream-results.{md,json}
 bench: setup
+	$(PY) bench/bench_stream.py
+
+# the earlier offline benchmark: analyze vs tshark and pyshark on the 10M-packet media mix
+bench-analyze: setup
 	$(PY) bench/bench_analyze.py
 
 bench-rules: setup
 	$(PY) bench/bench_rules.py
 
+# needs root: the handshake-heavy mix replayed into a veth pair at 100k packets/s for 60 s
 bench-live: setup
-	$(PY) bench/bench_live.py
+	$(PY) bench/bench_live.py --mix handshake
+
+bench-live-media: setup
+	$(PY) bench/bench_live.py --mix media
 
 golden: setup
 	$(PY) -m sensor.synth labelled examples/lync-sample.pcap --seed 7
