@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from sensor import flows as fl
@@ -19,10 +18,10 @@ from sensor import packets as pk
 from sensor import rtp
 from sensor.catalogue import Catalogue
 from sensor.config import Config
+from sensor.facts.calls import CallIndex
 from sensor.facts.flowfacts import FlowFacts
 from sensor.path import PacketPath
 from sensor.schema import FLOW_SCHEMA
-from sensor.sip import SdpMedia
 from sensor.sources.pcap import CaptureReader
 from sensor.topology import Topology
 
@@ -111,9 +110,44 @@ class Analyzer:
             path.fragment_report(),
         )
         out = self.build_records(path.table, path.facts)
-        return Analysis(
-            out, reports, path.packets, path.fact_count, path.table.non_ip, time.monotonic() - started
-        )
+        return Analysis(out, reports, path.packets, path.fact_count, path.table.non_ip, time.monotonic() - started)
+
+    @staticmethod
+    def _media_context(
+        i: int,
+        ep: tuple[str, int, str, int],
+        kind: str,
+        calls: CallIndex,
+        starts: list[int],
+        endpoints: dict[tuple[str, int, str, int, str], int],
+        by_endpoint: dict[tuple[str, int], list[int]],
+        media_own: dict[int, list[rtp.Evidence]],
+        kinds: dict[int, str],
+    ) -> list[rtp.Evidence]:
+        """Evidence from around a media flow: the call's SDP (answer decides), and its companion RTCP (or, for
+        RTCP, its RTP) on port +/- 1 in either orientation (RFC 3550 §11) or on the a=rtcp port."""
+        oh, op, rh, rp = ep
+        ev: list[rtp.Evidence] = []
+        is_rtcp = kind == "rtcp"
+        b = calls.binding(((oh, op), (rh, rp)), starts[i], rtcp=is_rtcp)
+        if b is not None and b.evidence is not None:
+            ev.append(b.evidence)
+        step = -1 if is_rtcp else 1
+        mates = {
+            endpoints.get((oh, op + step, rh, rp + step, "udp")),
+            endpoints.get((rh, rp + step, oh, op + step, "udp")),
+        }
+        if not is_rtcp:
+            rb = calls.binding(((oh, op), (rh, rp)), starts[i], rtcp=False)
+            if rb is not None:
+                mates.update(j for j in by_endpoint.get((rb.rtcp_address, rb.rtcp_port), []) if kinds.get(j) == "rtcp")
+        mates.discard(None)
+        mates.discard(i)
+        for mate in sorted(m for m in mates if m is not None):
+            for e in media_own.get(mate, []):
+                if e.text.startswith(("rtcp:", "len:", "bytes:", "payload:")):
+                    ev.append(rtp.Evidence(e.encrypted, round(e.confidence * 0.95, 3), "companion " + e.text))
+        return ev
 
     # ---- building the flow table ---------------------------------------------------------------
     def build_records(
@@ -234,12 +268,13 @@ class Analyzer:
             if k.startswith(("tls_", "sip_", "sdp_", "media_", "rtp_", "rtcp_", "stun_", "http_"))
             or k in ("app", "ms_turn")
         }
-        sdp_index: dict[tuple[str, int], list[SdpMedia]] = {}
-        for flow_facts in facts.values():
-            for m in flow_facts.sip.media:
-                if m.address:
-                    sdp_index.setdefault((m.address, m.port), []).append(m)
+        calls = CallIndex(
+            (m for ff in facts.values() for m in ff.sip.stream_messages + ff.sip.other_messages),
+            (m for ff in facts.values() for m in ff.sip.media if m.call_id is None),
+        )
+        starts = fs[:, fl.F_FIRST_TS].tolist()
         endpoints = {(orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i]): i for i in range(n)}
+        by_endpoint: dict[tuple[str, int], list[int]] = {}
         media_own: dict[int, list[rtp.Evidence]] = {}
         kinds: dict[int, str] = {}
         for i in range(n):
@@ -257,6 +292,8 @@ class Analyzer:
             out["rtp_packets"][i] = st.rtp_packets
             out["rtcp_packets"][i] = st.rtcp_packets
             out["rtp_ssrcs"][i] = len({int(x) for x in fs[i, fl.F_RTP_SSRC : fl.F_RTP_SSRC + 2] if x >= 0})
+            by_endpoint.setdefault((orig_h[i], orig_p[i]), []).append(i)
+            by_endpoint.setdefault((resp_h[i], resp_p[i]), []).append(i)
         for i in range(n):
             cls = fs[i, fl.F_CLS :]
             ff: FlowFacts | None = facts.get(i)
@@ -292,40 +329,25 @@ class Analyzer:
             kind = kinds.get(i)
             if kind is not None:
                 ev = list(media_own.get(i, []))
-                ev += _sdp_evidence(sdp_index, resp_h[i], resp_p[i], orig_h[i], orig_p[i], kind == "rtcp")
+                ev += self._media_context(
+                    i,
+                    (orig_h[i], orig_p[i], resp_h[i], resp_p[i]),
+                    kind,
+                    calls,
+                    starts,
+                    endpoints,
+                    by_endpoint,
+                    media_own,
+                    kinds,
+                )
                 if ff is not None and ff.dtls_srtp:
                     ev.append(rtp.Evidence(True, 0.9, "dtls:use_srtp keying on the same 5-tuple"))
-                step = 1 if kind == "rtp" else -1
-                mate = endpoints.get((orig_h[i], orig_p[i] + step, resp_h[i], resp_p[i] + step, "udp"))
-                if mate is not None and mate in media_own:
-                    for e in media_own[mate]:
-                        if e.text.startswith(("rtcp:", "len:", "bytes:")):
-                            ev.append(rtp.Evidence(e.encrypted, round(e.confidence * 0.95, 3), "companion " + e.text))
                 enc, conf = rtp.verdict(ev)
                 out["media_encrypted"][i] = enc
                 out["media_confidence"][i] = conf
                 out["media_evidence"][i] = [e.text for e in ev] or None
             out["app"][i] = _app(proto[i], kind, out, i, sip_msgs, tls_fast, ff)
         return out
-
-
-def _sdp_evidence(
-    index: dict[tuple[str, int], list[SdpMedia]], rh: str, rp: int, oh: str, op: int, rtcp_flow: bool
-) -> list[rtp.Evidence]:
-    """Evidence from SDP that announced this flow's endpoints (RTCP: the RTP port below, RFC 3550 §11)."""
-    delta = 1 if rtcp_flow else 0
-    matched = index.get((rh, rp - delta), []) + index.get((oh, op - delta), [])
-    if not matched:
-        return []
-    answers = [m for m in matched if m.is_answer]
-    use = answers or matched
-    enc = [("SAVP" in m.proto or m.crypto) and m.encryption != "rejected" for m in use]
-    desc = sorted({m.proto + ("+crypto" if m.crypto else "") for m in use})
-    if all(enc):
-        return [rtp.Evidence(True, 0.95, "sdp:" + ",".join(desc))]
-    if not any(enc):
-        return [rtp.Evidence(False, 0.95, "sdp:" + ",".join(desc))]
-    return []
 
 
 def _app(

@@ -185,8 +185,8 @@ def process(  # type: ignore[no-untyped-def]
             if state[S_ARENA] + 65536 > arena.shape[0] or state[S_DGARENA] + 65536 > dgarena.shape[0]:
                 return i, ST_NEED_ARENA
         fact_mask[i] = 0
-        ok, ipver, shi, slo, dhi, dlo, proto, sport, dport, poff, plen, flags, iplen, isfrag, seq, fr, fid = (
-            pk.decode(buf, offs[i], caplens[i], lts[i])
+        ok, ipver, shi, slo, dhi, dlo, proto, sport, dport, poff, plen, flags, iplen, isfrag, seq, fr, fid = pk.decode(
+            buf, offs[i], caplens[i], lts[i]
         )
         if not ok:
             state[S_NONIP] += 1
@@ -301,9 +301,7 @@ def process(  # type: ignore[no-untyped-def]
                     src_first = False
             if ht_keys[slot] == 0:
                 state[S_HTUSED] += 1
-            f = _new_flow(
-                fs, fu, nib, state, src_first, shi, slo, dhi, dlo, sport, dport, proto, ipver, ts, stream_k
-            )
+            f = _new_flow(fs, fu, nib, state, src_first, shi, slo, dhi, dlo, sport, dport, proto, ipver, ts, stream_k)
             ht_keys[slot] = h
             ht_vals[slot] = f
         d = 0
@@ -356,7 +354,9 @@ def process(  # type: ignore[no-untyped-def]
         if fs[f, F_SEEN_CLS + d] < 0:
             fs[f, F_SEEN_CLS + d] = cls
         if native:
-            _native_facts(pbuf, poff, plen, proto, cls, f, d, rel, ts, fs, sg, arena, dg, dgarena, state, stream_k, k_fact, k_sip)
+            _native_facts(
+                pbuf, poff, plen, proto, cls, f, d, rel, ts, fs, sg, arena, dg, dgarena, state, stream_k, k_fact, k_sip
+            )
         else:
             _wireshark_facts(pbuf, poff, plen, proto, cls, f, d, i, fs, fact_mask, fact_flow, fact_dir, k_fact, k_sip)
         if proto != 17:
@@ -406,7 +406,9 @@ def process(  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True)
-def _native_facts(pbuf, poff, plen, proto, cls, f, d, rel, ts, fs, sg, arena, dg, dgarena, state, stream_k, k_fact, k_sip):  # type: ignore[no-untyped-def]
+def _native_facts(  # type: ignore[no-untyped-def]
+    pbuf, poff, plen, proto, cls, f, d, rel, ts, fs, sg, arena, dg, dgarena, state, stream_k, k_fact, k_sip
+):
     """Keep what the native parsers need: TCP segments of the stream prefix, and fact datagrams."""
     if proto == 6:
         if fs[f, F_STREAM_DONE] == 0 and -stream_k <= rel < fs[f, F_LIMIT + d]:
@@ -434,10 +436,14 @@ def _native_facts(pbuf, poff, plen, proto, cls, f, d, rel, ts, fs, sg, arena, dg
                         fs[f, F_LIMIT + d] = max(rel, 0)
                     elif b0 == 20 and rel + plen < fs[f, F_LIMIT + d]:
                         fs[f, F_LIMIT + d] = rel + plen
-                elif rel == 0 and fs[f, F_ISN + d] >= 0 and (cls == pk.CLS_OTHER or cls == pk.CLS_NONE):
+                elif (
+                    rel == 0
+                    and fs[f, F_ISN + d] >= 0
+                    and (cls == pk.CLS_OTHER or cls == pk.CLS_NONE)
+                    and fs[f, F_LIMIT + d] > SHORT_PREFIX
+                ):
                     # not a protocol with handshake facts: the first bytes are all the rules read
-                    if fs[f, F_LIMIT + d] > SHORT_PREFIX:
-                        fs[f, F_LIMIT + d] = SHORT_PREFIX
+                    fs[f, F_LIMIT + d] = SHORT_PREFIX
             else:
                 fs[f, F_CAPPED + d] = 1
             return
@@ -692,7 +698,10 @@ class FlowTable:
             return []
         rows = self.dg[:n].tolist()
         arena = self.dgarena
-        out = [(r[DG_FLOW], r[DG_DIR], r[DG_TS], r[DG_KIND], arena[r[DG_OFF] : r[DG_OFF] + r[DG_LEN]].tobytes()) for r in rows]
+        out = [
+            (r[DG_FLOW], r[DG_DIR], r[DG_TS], r[DG_KIND], arena[r[DG_OFF] : r[DG_OFF] + r[DG_LEN]].tobytes())
+            for r in rows
+        ]
         self.state[S_NDG] = 0
         self.state[S_DGARENA] = 0
         if self.dgarena.shape[0] > (8 << 20):  # give back what a burst grew

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -17,8 +18,8 @@ import numpy.typing as npt
 from sensor import flows as fl
 from sensor.config import Config
 from sensor.dissect import DissectedPacket, DissectorProcess
-from sensor.facts.flowfacts import FlowFacts
 from sensor.factcap import FactCapture
+from sensor.facts.flowfacts import FlowFacts
 from sensor.http import HttpFacts
 from sensor.sources.pcap import Batch
 
@@ -34,7 +35,9 @@ QUIET_NS = 10 * 1_000_000_000
 class FactSink:
     """Collects Wireshark's dissected fact packets into FlowFacts per flow (called from the worker's reader)."""
 
-    def __init__(self, factcap: FactCapture, facts: dict[int, FlowFacts], new: type[FlowFacts] | None = None) -> None:
+    def __init__(
+        self, factcap: FactCapture, facts: dict[int, FlowFacts], new: Callable[[], FlowFacts] | None = None
+    ) -> None:
         self.factcap = factcap
         self.facts = facts
         self.last_frame = 0

@@ -217,13 +217,22 @@ def assemble(sg, arena, order, starts, isn, limit_k):  # type: ignore[no-untyped
         cur = meta[g, 0]
         extent = meta[g, 2]
         diff = 0
-        for j in range(extent):
-            cover[j] = 0
+        cover[:extent] = 0
+        high = 0  # every byte at or past `high` is still uncovered
         for k in range(a, b):
             r = order[k]
             lo = rel_seq(sg[r, SG_SEQ], base)
             off = sg[r, SG_OFF]
             ln = sg[r, SG_LEN]
+            if lo >= high:  # the usual case: nothing seen overlaps this segment, copy it as a block
+                hi = min(lo + ln, extent)
+                if hi > lo:
+                    out[cur + lo : cur + hi] = arena[off : off + hi - lo]
+                    cover[lo:hi] = 1
+                    high = hi
+                continue
+            if lo + ln > high:
+                high = min(lo + ln, extent)
             for j in range(ln):
                 pos = lo + j
                 if pos < 0:

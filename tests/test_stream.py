@@ -15,13 +15,17 @@ A6, B6 = bytes.fromhex("20010db8000000000000000000000001"), bytes.fromhex("20010
 RAW_IP = 101
 
 
-def ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, *, ident: int = 7, off: int = 0, mf: bool = False) -> bytes:
+def ipv4(
+    src: bytes, dst: bytes, proto: int, payload: bytes, *, ident: int = 7, off: int = 0, mf: bool = False
+) -> bytes:
     word = (off // 8) | (0x2000 if mf else 0)
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, word, 64, proto, 0, src, dst)
     return hdr + payload
 
 
-def ipv6(src: bytes, dst: bytes, proto: int, payload: bytes, *, ident: int | None = None, off: int = 0, mf: bool = False) -> bytes:
+def ipv6(
+    src: bytes, dst: bytes, proto: int, payload: bytes, *, ident: int | None = None, off: int = 0, mf: bool = False
+) -> bytes:
     if ident is None:
         return struct.pack("!IHBB16s16s", 0x60000000, len(payload), proto, 64, src, dst) + payload
     frag = struct.pack("!BBHI", proto, 0, off | (1 if mf else 0), ident)
@@ -59,7 +63,9 @@ def fragments(datagram: bytes, size: int) -> list[tuple[int, bytes, bool]]:
     return out
 
 
-SIP = b"INVITE sip:bob@example.com SIP/2.0\r\nCall-ID: x\r\nContent-Length: 1200\r\n\r\n" + b"v=0\r\n" + b"a=x\r\n" * 240
+SIP = (
+    b"INVITE sip:bob@example.com SIP/2.0\r\nCall-ID: x\r\nContent-Length: 1200\r\n\r\n" + b"v=0\r\n" + b"a=x\r\n" * 240
+)
 
 
 @pytest.mark.parametrize("order", ["in-order", "reversed"])
@@ -89,7 +95,7 @@ def test_overlapping_fragments_drop_the_datagram_and_are_counted() -> None:
     parts = fragments(dgram, 512)
     pkts = [ipv4(A4, B4, 17, d, off=o, mf=m) for o, d, m in parts]
     # a second copy of fragment 1 shifted by 8 bytes with other bytes: an overlap (RFC 5722)
-    o, d, m = parts[1]
+    o, d, _ = parts[1]
     pkts.insert(2, ipv4(A4, B4, 17, b"X" * len(d), off=o + 8, mf=True))
     t = table()
     t.add(batch(pkts))
@@ -126,8 +132,10 @@ def _handshake_segments() -> tuple[bytes, bytes, list[bytes]]:
     return client, server, [server[i : i + 536] for i in range(0, len(server), 536)]
 
 
-def _tcp_flow(server_order: list[int], *, syn: bool = True, drop: int | None = None, extra: list[bytes] = ()) -> fl.FlowTable:  # type: ignore[assignment]
-    client, server, segs = _handshake_segments()
+def _tcp_flow(
+    server_order: list[int], *, syn: bool = True, drop: int | None = None, extra: list[bytes] = ()
+) -> fl.FlowTable:  # type: ignore[assignment]
+    client, _, segs = _handshake_segments()
     cisn, sisn = 1000, 900_000
     pkts = []
     if syn:
@@ -146,7 +154,7 @@ def _tcp_flow(server_order: list[int], *, syn: bool = True, drop: int | None = N
 
 def test_tcp_segments_reordered_reassemble_from_offset_zero() -> None:
     _, server, segs = _handshake_segments()
-    order = list(range(1, len(segs))) + [0]  # the first segment arrives last
+    order = [*range(1, len(segs)), 0]  # the first segment arrives last
     t = _tcp_flow(order)
     assert t.nflows == 1
     assert t.fs[0, fl.F_FIRST_BYTE + 1] == 22  # offset 0, not the first segment that arrived
@@ -179,7 +187,7 @@ def test_retransmission_with_different_bytes_first_copy_wins() -> None:
 
 
 def test_mid_stream_pickup_starts_at_the_lowest_sequence_number() -> None:
-    _, server, segs = _handshake_segments()
+    _, server, _ = _handshake_segments()
     t = _tcp_flow([2, 1, 3, 4, 5, 6, 7], syn=False)
     (_, s) = t.assemble(np.array([0]))[0]
     assert not s.from_start
