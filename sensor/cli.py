@@ -173,7 +173,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if report is not None:
         from sensor.rules.check import render as render_findings
 
-        print(render_findings(report))
+        print(render_findings(report, problems=False))
     if server is not None:
         _hold(server)
     return code
@@ -194,12 +194,17 @@ def _now() -> datetime:
 
 
 def _verdict(report: CheckReport | None) -> int:
-    """1 when a rule found a violation; 2 when a rule could not be evaluated; else 0."""
+    """2 when a rule could not be loaded or evaluated (the result is incomplete, whatever the other rules
+    found); else 1 when a rule found a violation; else 0. Rule problems go to stderr."""
     if report is None:
         return EXIT_OK
-    if report.evaluation.violations:
-        return EXIT_FINDINGS
-    return EXIT_ERROR if report.evaluation.problems else EXIT_OK
+    from sensor.rules.check import problem_lines
+
+    for line in problem_lines(report):
+        print(line, file=sys.stderr)
+    if report.evaluation.problems:
+        return EXIT_ERROR
+    return EXIT_FINDINGS if report.evaluation.violations else EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -223,7 +228,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for row in report.evaluation.findings.to_pylist():
             print(json.dumps(row, default=str))
     else:
-        print(render(report))
+        print(render(report, problems=False))
         if report.written:
             print(f"Wrote {report.fresh.num_rows:,} new findings to {lake}/findings.")
     return _verdict(report)

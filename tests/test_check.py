@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -18,12 +19,14 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sensor.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-def findings(lake: Path) -> list[tuple[object, ...]]:
+def findings(lake: Path) -> list[tuple[Any, ...]]:
     con = duckdb.connect()
-    return con.execute(
+    # through Arrow: DuckDB's own conversion of TIMESTAMPTZ to Python needs pytz, which is not a dependency
+    table = con.sql(
         f"SELECT rule_id, severity, uid, orig_h, resp_h, evidence, source, title, ts FROM "
         f"read_parquet('{lake}/findings/**/*.parquet', hive_partitioning=true)"
-    ).fetchall()
+    ).to_arrow_table()
+    return [tuple(row.values()) for row in table.to_pylist()]
 
 
 def test_check_writes_findings_once_and_gates(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from sensor.config import load_config
 from sensor.rules.check import Checker
+from sensor.rules.context import Window
 from sensor.rules.loader import REQUIRED_KEYS, default_rules_dir, load_rules
 from tests.conftest import EXAMPLE_CONFIG, ROOT, analyse, capture
 
@@ -106,7 +107,7 @@ def test_a_broken_rule_is_reported_and_the_others_still_run(tmp_path: Path) -> N
     assert {p.path.name for p in report.evaluation.problems} == {"R90_broken.sql", "R91_badsev.sql", "R92_header.sql"}
     fired = set(report.evaluation.findings.column("rule_id").to_pylist())
     assert {"R5", "R6"} <= fired  # SSLv3 + RC4 still found by the healthy rules
-    # the CLI says so and exits 1 (violations found) rather than stopping
+    # the CLI says so on stderr, still shows what the healthy rules found, and exits 2: the result is incomplete
     lake = tmp_path / "lake2"
     r = subprocess.run(
         [
@@ -124,5 +125,65 @@ def test_a_broken_rule_is_reported_and_the_others_still_run(tmp_path: Path) -> N
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 1
-    assert "rule error:" in r.stdout and "R90_broken.sql" in r.stdout and "R5 " in r.stdout
+    assert r.returncode == 2
+    assert "R5 " in r.stdout and "rule error" not in r.stdout and "R90_broken.sql" not in r.stdout
+    assert "rule error:" in r.stderr and "R90_broken.sql" in r.stderr
+    assert "incomplete result: 2 of 19 rules failed and 1 rule file(s) could not be loaded" in r.stderr
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sensor.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_lint_catches_an_invalid_severity_value(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    path = tmp_path / "a" / "R91_badsev.sql"
+    path.write_text(
+        GOOD.replace("R90", "R91")
+        .replace("-- severity: warning", "-- severity: per-row")
+        .replace(
+            "SELECT uid, 'tls flow' AS evidence",
+            "SELECT uid, 'tls flow' AS evidence,\n       CASE WHEN tls_version = 'TLSv10' THEN 'info'\n"
+            "            ELSE 'critical' END AS severity",
+        )
+    )
+    problems = Checker(load_config(None, env={}), rules=tmp_path).lint()
+    assert [(p.line, p.message) for p in problems] == [
+        (9, "severity 'critical' is not one of violation, warning, info")
+    ]
+    r = run_cli("rules", "lint", "--rules", str(tmp_path))
+    assert r.returncode == 2 and f"{path}:9: severity 'critical'" in r.stderr and "1 problem(s)" in r.stdout
+
+
+def test_a_missing_rules_directory_goes_to_stderr(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    missing = tmp_path / "no-rules"
+    ssl3 = str(capture("arkime__openssl-ssl3.pcap"))
+    assert run_cli("analyze", ssl3, "--lake", str(lake), "--no-progress", "--no-rules").returncode == 0
+    for args in (("check", "--lake", str(lake), "--rules", str(missing)), ("rules", "lint", "--rules", str(missing))):
+        r = run_cli(*args)
+        assert r.returncode == 2, r
+        assert "rules directory does not exist" in r.stderr and "does not exist" not in r.stdout
+
+
+def test_a_rule_cannot_read_files_outside_the_lake(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(default_rules_dir(), rules)
+    (rules / "tls" / "R90_etc.sql").write_text(
+        GOOD.replace("FROM flows WHERE app = 'tls'", "FROM flows, read_text('/etc/hostname') WHERE app = 'tls'")
+    )
+    lake = tmp_path / "lake"
+    ssl3 = str(capture("arkime__openssl-ssl3.pcap"))
+    assert run_cli("analyze", ssl3, "--lake", str(lake), "--no-progress", "--no-rules").returncode == 0
+    cfg = load_config(None, env={})
+    checker = Checker(cfg, rules=rules)
+    (lint,) = checker.lint()
+    assert lint.path.name == "R90_etc.sql" and lint.line == 7
+    assert lint.message.startswith("a rule may read only the lake's flows and the site tables: Permission Error")
+    report = checker.check_lake(lake, Window(), now=datetime.now(UTC), store=False)
+    assert [r.rule.id for r in report.evaluation.failed] == ["R90"]
+    assert "/etc/hostname" in report.evaluation.problems[0].message
+    fired = set(report.evaluation.findings.column("rule_id").to_pylist())
+    assert {"R5", "R6"} <= fired  # the other rules still read the lake
+    r = run_cli("check", "--lake", str(lake), "--rules", str(rules))
+    assert r.returncode == 2 and "R90_etc.sql:7: a rule may read only" in r.stderr and "R5 " in r.stdout

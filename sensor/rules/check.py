@@ -86,6 +86,7 @@ class Checker:
     def lint(self) -> list[RuleProblem]:
         con = self._context()
         context.register_flows_from_table(con, FLOW_SCHEMA.empty_table())
+        context.confine(con, [])
         try:
             return self.load_problems + lint_rules(con, self.rules)
         finally:
@@ -112,15 +113,32 @@ class Checker:
     def check_table(self, flows: pa.Table, lake: Path, *, now: datetime, store: bool = True) -> CheckReport:
         con = self._context()
         context.register_flows_from_table(con, flows)
+        context.confine(con, [])
         return self._run(con, lake, now, flows.num_rows, context.Window(), store)
 
     def check_lake(self, lake: Path, window: context.Window, *, now: datetime, store: bool = True) -> CheckReport:
         con = self._context()
         records = context.register_flows_from_lake(con, lake, window)
+        context.confine(con, [lake / "flows"])
         return self._run(con, lake, now, records, window, store)
 
 
-def render(report: CheckReport) -> str:
+def problem_lines(report: CheckReport) -> list[str]:
+    """For stderr: one line per rule problem, then what the problems leave out of the result."""
+    ev = report.evaluation
+    if not ev.problems:
+        return []
+    lines = [f"rule error: {p}" for p in ev.problems]
+    broken = len({p.path for p in ev.problems} - {r.rule.path for r in ev.failed})
+    lines.append(
+        f"incomplete result: {len(ev.failed)} of {len(ev.results)} rules failed and {broken} rule file(s) could "
+        "not be loaded; their findings are missing"
+    )
+    return lines
+
+
+def render(report: CheckReport, *, problems: bool = True) -> str:
+    """The per-rule table (and, unless problems=False, the rule problems: the CLI sends those to stderr)."""
     ev = report.evaluation
     lines = [
         f"Rules evaluated over {report.records:,} flow records {report.window.describe()}: "
@@ -136,6 +154,6 @@ def render(report: CheckReport) -> str:
             f"  {r.rule.id:<5} {b.get('violation', 0):>9} {b.get('warning', 0):>8} {b.get('info', 0):>6}"
             f"  {r.rule.title}"
         )
-    for p in ev.problems:
-        lines.append(f"rule error: {p}")
+    if problems:
+        lines += problem_lines(report)
     return "\n".join(lines)

@@ -185,6 +185,15 @@ def register_site(con: duckdb.DuckDBPyConnection, cfg: Config, topology: Topolog
     )
 
 
+def confine(con: duckdb.DuckDBPyConnection, directories: list[Path]) -> None:
+    """From here on the connection reads no file but the given directories (the lake's flows; the site tables
+    are in memory already): no other path, no extension install, and these settings cannot be changed back."""
+    allowed = ", ".join("'" + (str(d).rstrip("/") + "/").replace("'", "''") + "'" for d in directories)
+    con.execute(f"SET allowed_directories = [{allowed}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
 def connect() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")

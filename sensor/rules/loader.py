@@ -6,9 +6,12 @@ stops the others; lint() also prepares every query against the flow schema.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -163,7 +166,69 @@ def problem_from_duckdb(rule: Rule, exc: Exception) -> RuleProblem:
     msg = str(exc).strip().splitlines()
     m = _DUCK_LINE.search(str(exc))
     line = rule.body_line + int(m.group(1)) - 1 if m else rule.body_line
-    return RuleProblem(rule.path, line, msg[0] if msg else type(exc).__name__, rule.id)
+    text = msg[0] if msg else type(exc).__name__
+    if isinstance(exc, duckdb.PermissionException):
+        text = f"a rule may read only the lake's flows and the site tables: {text}"
+    return RuleProblem(rule.path, line, text, rule.id)
+
+
+_NO_LOCATION = 2**64 - 1
+
+
+def _constant(expr: dict[str, Any]) -> str | None:
+    """The text of a constant in DuckDB's serialized parse tree (None for NULL)."""
+    value = expr.get("value")
+    if isinstance(value, dict):
+        return None if value.get("is_null") else str(value.get("value"))
+    literal = expr.get("literal")  # the other layout of the serializer
+    if isinstance(literal, dict) and literal.get("kind") != "NULL":
+        return str(literal.get("text"))
+    return None
+
+
+def _results(expr: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The constants an expression can evaluate to: itself, CASE branches, CAST and COALESCE operands."""
+    cls = expr.get("class")
+    if cls == "CONSTANT":
+        yield expr
+    elif cls == "CASE":
+        for check in expr.get("case_checks", []):
+            yield from _results(check["then_expr"])
+        yield from _results(expr.get("else_expr") or {})
+    elif cls == "CAST":
+        yield from _results(expr.get("child") or {})
+    elif cls == "OPERATOR" and expr.get("type") == "OPERATOR_COALESCE":
+        for child in expr.get("children", []):
+            yield from _results(child)
+
+
+def severity_values(con: duckdb.DuckDBPyConnection, rule: Rule) -> list[tuple[str, int]]:
+    """The literal severities a rule's query can return, with their file line: every branch of every
+    expression named 'severity' (CTEs included). A severity computed from a column is checked at run time."""
+    row = con.execute("SELECT json_serialize_sql(?)", [rule.sql]).fetchone()
+    tree = json.loads(row[0]) if row else {}
+    if tree.get("error"):
+        return []
+    found: list[tuple[str, int]] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("alias") == "severity" and "class" in node:
+                for const in _results(node):
+                    text = _constant(const)
+                    if text is None:
+                        continue
+                    loc = int(const.get("query_location", _NO_LOCATION))
+                    line = rule.body_line + (rule.sql[:loc].count("\n") if loc != _NO_LOCATION else 0)
+                    found.append((text, line))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(tree.get("statements", []))
+    return found
 
 
 def output_columns(con: duckdb.DuckDBPyConnection, rule: Rule) -> list[str]:
@@ -189,4 +254,12 @@ def lint(con: duckdb.DuckDBPyConnection, rules: list[Rule]) -> list[RuleProblem]
             problems.append(
                 RuleProblem(rule.path, rule.body_line, "severity per-row needs a 'severity' result column", rule.id)
             )
+        if "severity" in cols:
+            for value, line in severity_values(con, rule):
+                if value not in SEVERITIES:
+                    problems.append(
+                        RuleProblem(
+                            rule.path, line, f"severity '{value}' is not one of {', '.join(SEVERITIES)}", rule.id
+                        )
+                    )
     return problems
