@@ -170,7 +170,7 @@ class Config:
 
     def origin_of(self, *parts: str) -> str:
         """Where a key got its value: the file path, 'environment', '--set' or 'default'.
-        E.g. cfg.origin_of("ports", "fe_audio")."""
+        E.g. cfg.origin_of("ports", "edge-media")."""
         return self.origins.get(config_key(parts), DEFAULT_SOURCE)
 
     def to_dict(self) -> dict[str, Any]:
@@ -344,7 +344,7 @@ def _check_listen(value: Any) -> str:
         value = value.parsed if isinstance(value.parsed, str) else value.text
     if not isinstance(value, str):
         raise _Problem(f"expected a string, got {_show(value)}")
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]+)|([A-Za-z0-9.-]+):([0-9]+)", value)
+    match = re.fullmatch(r"\[([^]]+)\]:([0-9]+)|([A-Za-z0-9.-]+):([0-9]+)", value)
     if match is None:
         raise _Problem(f"{value!r} must be host:port, e.g. 127.0.0.1:9477 or [::1]:9477")
     if match[1] is not None:
