@@ -796,3 +796,185 @@ def test_zkg_meta() -> None:
     pkg = meta["package"]
     assert (PACKAGE / pkg["script_dir"] / "__load__.zeek").exists()
     assert pkg["depends"].startswith("zeek >=") and pkg["description"]
+
+
+# ------------------------------------------------------------------------------------------ bad values and caps
+
+
+def _tls12_logs(d: Path) -> dict[str, str]:
+    """The tls1.2.pcap logs (conn.log of tests/data, the real ssl.log and x509.log) as text, to mutate."""
+    d.mkdir(parents=True, exist_ok=True)
+    return {
+        "conn": (DATA / "ssl-tls-1.2" / "conn.log").read_text(),
+        "ssl": (shared("ssl-tls-1.2") / "ssl.log").read_text(),
+        "x509": (shared("ssl-tls-1.2") / "x509.log").read_text(),
+    }
+
+
+def _row(text: str) -> list[str]:
+    return next(ln for ln in text.splitlines() if ln and not ln.startswith("#")).split("\t")
+
+
+def _fields(text: str) -> list[str]:
+    return next(ln for ln in text.splitlines() if ln.startswith("#fields")).split("\t")[1:]
+
+
+def test_a_negative_counter_is_a_bad_value_and_the_flow_stays(tmp_path: Path) -> None:
+    d = tmp_path / "logs"
+    logs = _tls12_logs(d)
+    conn = logs["conn"]
+    row = _row(conn)
+    bad = row.copy()
+    bad[_fields(conn).index("orig_pkts")] = "-1"
+    logs["conn"] = conn.replace("\t".join(row), "\t".join(bad))
+    for name, text in logs.items():
+        (d / f"{name}.log").write_text(text)
+    result = ingest(config(tmp_path / "c"), d, rules=False)
+    (rec,) = result.table.to_pylist()
+    assert rec["uid"] == "CHhAvVGS1DHFjwGM9" and rec["orig_pkts"] is None and rec["resp_pkts"] == 9
+    assert rec["tls_version"] == "TLSv12" and rec["tls_cipher"] == "0x0004"  # the rest of the line and the joins
+    assert result.problems[zs.BAD_VALUE] == 1
+
+
+def test_nan_xff_and_a_mutated_header_mid_file_cost_one_field_each(tmp_path: Path) -> None:
+    d = tmp_path / "logs"
+    logs = _tls12_logs(d)
+    conn, names = logs["conn"], _fields(logs["conn"])
+    row = _row(conn)
+    nan = row.copy()
+    nan[names.index("orig_bytes")] = "NaN"  # int("NaN")
+    xff = row.copy()
+    xff[names.index("uid")] = (
+        "CHhAvVGS1DHFj\\xffM9"  # Zeek's escape of a byte that is not UTF-8: kept, stored as U+FFFD
+    )
+    xff[names.index("resp_bytes")] = "60\xff36"  # the raw byte in a count
+    xff[names.index("id.orig_p")] = "56638"
+    # Zeek (or a corrupted file) switches schema mid-file, with types that do not fit the values
+    mutated = ["count" if t == "string" else "bool" if t == "count" else "string" if t == "port" else t
+               for t in next(ln for ln in conn.splitlines() if ln.startswith("#types")).split("\t")[1:]]  # fmt: skip
+    late = row.copy()
+    late[names.index("uid")] = "CLateSchema000001"
+    late[names.index("id.orig_p")] = "56639"
+    late[names.index("resp_pkts")] = "T"  # a bool where the sensor reads a count
+    body = [ln for ln in conn.splitlines() if not ln.startswith("#close")]
+    body.remove("\t".join(row))
+    body += ["\t".join(nan), "\t".join(xff)]
+    body += ["#fields\t" + "\t".join(names), "#types\t" + "\t".join(mutated), "\t".join(late)]
+    (d / "conn.log").write_bytes(("\n".join(body) + "\n").encode("utf-8", "surrogateescape"))
+    (d / "ssl.log").write_text(logs["ssl"])
+    result = ingest(config(tmp_path / "c"), d, rules=False)
+    rows = {r["orig_p"]: r for r in result.table.to_pylist()}
+    assert sorted(rows) == [56637, 56638, 56639]
+    assert rows[56637]["orig_bytes"] is None and rows[56637]["resp_bytes"] == 6036
+    assert rows[56637]["tls_version"] == "TLSv12"
+    assert rows[56638]["uid"] == "CHhAvVGS1DHFj\ufffdM9" and rows[56638]["resp_bytes"] is None
+    assert rows[56638]["orig_pkts"] == 13
+    # the sensor's own type of each field it reads, whatever the new #types say
+    assert rows[56639]["resp_pkts"] is None and rows[56639]["orig_pkts"] == 13 and rows[56639]["duration"] > 3
+    # three fields the sensor reads, and three the new #types declare wrongly (conn_state and history as
+    # counts, missed_bytes as a bool): each costs its field only
+    assert result.problems[zs.BAD_VALUE] == 6 and result.problems[zs.HEADER_CHANGE] == 1
+    assert not result.problems[zs.MALFORMED]
+
+
+def test_json_deep_nesting_lone_surrogates_and_wrong_types(tmp_path: Path) -> None:
+    """The real JSON http.log with one mutation per line; every line and every other field is kept."""
+    lines = (shared("http-json-and-tsv") / "http.log.json").read_text().splitlines()
+    data = [ln for ln in lines if ln.startswith("{")]
+    assert len(data) == 4
+    depth = 200_000  # RecursionError in Python's JSON decoder
+    data[0] = data[0][:-1] + ',"deep":' + "[" * depth + "]" * depth + "}"
+    data[1] = data[1].replace('"uri":"/printable_', '"uri":"/\\ud800printable_')  # a lone surrogate
+    data[2] = data[2].replace('"trans_depth":1', '"trans_depth":1e400').replace('"host":"172.24.0.3"', '"host":5')
+    data[3] = data[3].replace('"host":"172.24.0.3"', '"host":["a",{"b":{"c":{"d":{"e":1}}}}]')
+    assert data[2].count("1e400") == 1 and '"host":5' in data[2] and '"host":["a"' in data[3]
+    d = tmp_path / "logs"
+    d.mkdir()
+    (d / "http.log").write_text("\n".join(data) + "\n")
+    result = ingest(config(tmp_path / "c"), d, rules=False)
+    rows = {r["uid"]: r for r in result.table.to_pylist()}
+    assert len(rows) == 4
+    by_order = [rows[u] for u in (ln.split('"uid":"')[1].split('"')[0] for ln in data)]
+    assert by_order[0]["http_path"] == "/regular_file.html" and by_order[0]["http_method"] == "GET"
+    assert by_order[1]["http_path"].startswith("/%EF%BF%BDprintable_")  # U+FFFD, %-encoded as sent
+    assert by_order[2]["http_host"] is None and by_order[2]["http_method"] == "GET"
+    assert by_order[2]["http_path"] == "/non_printable_%07"
+    assert by_order[3]["http_host"] is None and by_order[3]["http_method"] == "GET"
+    # deep value (1), surrogate (1), an infinite trans_depth and a number for a host (2), a list for a host (1)
+    assert result.problems[zs.BAD_VALUE] == 5
+    assert not result.problems[zs.MALFORMED]
+
+
+def test_json_ssl_values_of_the_wrong_type(tmp_path: Path) -> None:
+    """The real TSV ssl.log and conn.log as JSON lines, with values of types the columns cannot take."""
+    import json
+
+    d = tmp_path / "logs"
+    d.mkdir()
+    (conn,) = zs.read_log(DATA / "ssl-tls-1.2" / "conn.log")
+    (ssl,) = zs.read_log(shared("ssl-tls-1.2") / "ssl.log", ts_substitute=TS)
+    c = dict(conn.fields, resp_pkts=2**64, orig_ip_bytes=True, duration=float("nan"))
+    s = dict(ssl.fields, ts=conn.ts, resumed="yes", cert_chain_fps=7, server_name=["x"], established=None)
+    (d / "conn.log").write_text(json.dumps(c) + "\n")  # NaN: Python's JSON (and jq's) extension
+    (d / "ssl.log").write_text(json.dumps(s) + "\n")
+    result = ingest(config(tmp_path / "c"), d, rules=False)
+    (rec,) = result.table.to_pylist()
+    assert rec["resp_pkts"] is None and rec["orig_ip_bytes"] is None and rec["duration"] == 0.0
+    assert rec["orig_pkts"] == 13 and rec["tls_version"] == "TLSv12"
+    assert rec["tls_resumed"] is None and rec["tls_sni"] is None and rec["tls_server_cert"] is True
+    assert result.problems[zs.BAD_VALUE] == 6
+
+
+# Peak RSS of the reader alone. ru_maxrss of a process forked from pytest starts at pytest's own peak (Linux
+# carries it across exec), so a fresh interpreter runs the reader as its child and reads RUSAGE_CHILDREN.
+READER = """
+import sys
+from collections import Counter
+from pathlib import Path
+from sensor.sources import zeek as zs
+problems = Counter()
+recs = zs.read_log(Path(sys.argv[1]), problems=problems)
+print(len(recs), problems[zs.LONG_LINE])
+"""
+RSS_PROBE = """
+import resource, subprocess, sys
+out = subprocess.run([sys.executable, "-c", sys.argv[1], sys.argv[2]], capture_output=True, text=True, check=True)
+print(out.stdout.strip(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
+"""
+
+
+def test_a_300_mb_line_in_a_gzip_is_cut_in_flat_memory(tmp_path: Path) -> None:
+    conn = (DATA / "ssl-tls-1.2" / "conn.log").read_bytes()
+    head, _, tail = conn.partition(b"\n1357328848")
+    row = b"1357328848" + tail.split(b"\n")[0] + b"\n"
+    path = tmp_path / "conn.2026-11-26-10-00-00.log.gz"
+    with gzip.open(path, "wb", compresslevel=1) as gz:
+        gz.write(head + b"\n" + row)
+        block = b"A" * (1 << 20)
+        for _ in range(300):
+            gz.write(block)
+        gz.write(b"\n" + row.replace(b"56637", b"56638"))
+    assert path.stat().st_size < 2_000_000
+    probe = [sys.executable, "-c", RSS_PROBE, READER, str(path)]
+    out = subprocess.run(probe, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    records, long_lines, rss_mib = map(int, out.stdout.split())
+    assert records == 2 and long_lines == 1
+    assert rss_mib < 150, f"peak RSS {rss_mib} MiB reading a 300 MB line"
+
+
+def test_decompressed_size_cap_cuts_a_file_and_counts_it(tmp_path: Path) -> None:
+    rows = [conn_row(n) for n in range(2000)]
+    path = tmp_path / "conn.log.gz"
+    path.write_bytes(gzip.compress(conn_log(rows)))
+    problems: Counter[str] = Counter()
+    recs = zs.read_log(path, problems=problems, max_file_bytes=64 * 1024)
+    assert 0 < len(recs) < 2000 and problems[zs.SIZE_CAP] == 1
+    assert [r.fields["uid"] for r in recs] == [f"CFollow{n:011d}" for n in range(len(recs))]
+    # the line cap through the front end, counted in the warning line
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "conn.log").write_bytes(conn_log([conn_row(1), [*conn_row(2)[:-1], "9" * 5000]]))
+    result = ingest(config(tmp_path / "c"), tmp_path / "logs", rules=False, max_line_bytes=1024)
+    assert [r["uid"] for r in result.table.to_pylist()] == ["CFollow00000000001"]
+    assert result.problems[zs.LONG_LINE] == 1
+    assert "1 line(s) longer than the line cap skipped" in zeek.problem_lines(result)
