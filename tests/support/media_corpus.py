@@ -306,7 +306,9 @@ def _red_stream(snd: _Sender, opus: list[bytes], seconds: float) -> None:
         if k < 20 or not prev:
             snd.send(k * 20_000, 111, k * 960, frame)
         else:
-            header = struct.pack("!BBBB", 0x80 | 111, (960 >> 6) & 0xFF, ((960 & 0x3F) << 2) | (len(prev) >> 8), len(prev) & 0xFF)
+            header = struct.pack(
+                "!BBBB", 0x80 | 111, (960 >> 6) & 0xFF, ((960 & 0x3F) << 2) | (len(prev) >> 8), len(prev) & 0xFF
+            )
             snd.send(k * 20_000, 97, k * 960, header + bytes([111]) + prev + frame)
         prev = frame
 
