@@ -8,12 +8,14 @@ reassembles overlapping IP fragments (it flags them), the sensor drops the datag
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 
 from sensor.analyze import Analyzer
 from sensor.config import Config, load_config
@@ -162,10 +164,10 @@ def test_generator_builds_what_the_issue_asks() -> None:
     assert {"tcp-reordered", "tcp-midstream", "tcp-duplicated", "tcp-hole-in-handshake"} <= set(TCP)
     assert {f"frag-v{v}-{m}" for v in (4, 6) for m in ("in-order", "reversed", "overlap", "incomplete")} == set(UDP)
     # the same fixed keys build the same certificates
-    assert nc.pki().server.fingerprint(nc.hashes.SHA256()) == nc._cert(
+    assert nc.pki().server.fingerprint(hashes.SHA256()) == nc._cert(
         nc.POOL, nc.pki().server_key, "Contoso Issuing CA 01", nc.rsa_key("intermediate", 2048), 0x2001, False,
         nc.POOL_SANS,
-    ).fingerprint(nc.hashes.SHA256())  # fmt: skip
+    ).fingerprint(hashes.SHA256())  # fmt: skip
 
 
 def test_reordered_case_puts_each_first_segment_last() -> None:
@@ -239,3 +241,13 @@ def test_analyze(written: dict[str, Path], site: Config, tmp_path: Path, name: s
             f"{len(flows)} flows, expected {len(case.flows)}: {[(f['orig_p'], f['resp_p']) for f in flows]}"
         )
     assert not problems, f"{case.why}:\n" + "\n".join(problems)
+
+
+def test_cli_writes_every_case_and_its_expectations(tmp_path: Path) -> None:
+    from sensor.synth.__main__ import main
+
+    assert main(["netcond", str(tmp_path)]) == 0
+    expect = json.loads((tmp_path / "expect.json").read_text())
+    assert [e["name"] for e in expect] == list(CASES)
+    assert all((tmp_path / f"{name}.pcap").stat().st_size > 0 for name in CASES)
+    assert expect[0]["flows"][0]["facts"] == CASES[expect[0]["name"]].flows[0].facts

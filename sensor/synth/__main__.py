@@ -8,8 +8,10 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from sensor.synth.bulk import write_bench_capture
+from sensor.synth.netcond import all_cases, write_case
 from sensor.synth.pcapio import atomic_output
 from sensor.synth.scenario import build_labelled, write
 
@@ -29,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     bulk.add_argument("out")
     bulk.add_argument("--packets", type=int, required=True)
     bulk.add_argument("--seed", type=int, default=1)
+    netcond = sub.add_parser("netcond", help="write the network-condition cases and their expectations (JSON)")
+    netcond.add_argument("outdir")
     return parser
 
 
@@ -43,6 +47,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         with atomic_output(args.out) as fh:
             fh.write((json.dumps(labels, indent=2) + "\n").encode())
         print(f"{args.out}: {len(labels)} labels")
+    elif args.command == "netcond":
+        out = Path(args.outdir)
+        out.mkdir(parents=True, exist_ok=True)
+        cases = all_cases()
+        expect = []
+        for case in cases:
+            write_case(case, out)
+            flows = [dataclasses.asdict(f) for f in case.flows]
+            expect.append({"name": case.name, "why": case.why, "flows": flows, "wireshark": case.wireshark})
+        with atomic_output(out / "expect.json") as fh:
+            fh.write((json.dumps(expect, indent=2) + "\n").encode())
+        print(f"{out}: {len(cases)} cases and expect.json")
     else:
         started = time.perf_counter()
         stats = write_bench_capture(args.out, args.packets, args.seed)

@@ -602,7 +602,8 @@ def _tcp_case(
     segs = tcp_conversation(session, mss, f"netcond-{name}")
     if transform is not None:
         segs = transform(segs)
-    flow = FlowExpect(*vars(TLS_ENDS).values(), "tcp", {"app": "tls", **facts}, findings)
+    ends = TLS_ENDS
+    flow = FlowExpect(ends.orig_h, ends.orig_p, ends.resp_h, ends.resp_p, "tcp", {"app": "tls", **facts}, findings)
     wireshark = dict(facts)
     if mss <= 256 and facts["tls_server_cert"]:
         # the whole Certificate record is reassembled from at least 20 segments
@@ -617,7 +618,8 @@ def tcp_cases() -> list[Case]:
     return [
         _tcp_case("tcp-in-order", "baseline: every segment once, in order", 1460, None, complete, {}),
         _tcp_case("tcp-reordered", "each direction's first segment arrives last", 536, _reorder, complete, {}),
-        _tcp_case("tcp-retransmit-same", "first segments retransmitted, same bytes", 536, _retransmit(False), complete, {}),
+        _tcp_case("tcp-retransmit-same", "first segments retransmitted, same bytes", 536, _retransmit(False),
+                  complete, {}),
         _tcp_case(
             "tcp-retransmit-different", "retransmitted copies carry other bytes: first copy wins", 536,
             _retransmit(True), complete, {},
@@ -719,7 +721,7 @@ def sip_call(caller: str, callee: str, relay: str, seed: str) -> SipCall:
 def fragments(datagram: bytes, size: int, overlap: int = 0) -> list[tuple[int, bytes]]:
     """(offset, bytes) pieces of an IP payload, `size` bytes each (a multiple of 8); overlap > 0 moves the
     second and later pieces back by that many bytes, the first `overlap` bytes of the second piece altered."""
-    starts = [0] + list(range(size - overlap, len(datagram), size))
+    starts = [0, *range(size - overlap, len(datagram), size)]
     ends = [*starts[1:], len(datagram)]
     ends[0] = size  # the first piece keeps its full size, so the second overlaps it
     pieces = [(a, datagram[a:b]) for a, b in zip(starts, ends, strict=True)]
