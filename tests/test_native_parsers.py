@@ -610,3 +610,18 @@ def test_stun_classic_ms_turn_and_dtls_srtp() -> None:
     for p in udp_payloads(dtls, "stun"):
         plain.observe_datagram(p, 0, 0)
     assert plain.stun.messages > 0 and not plain.stun.ms_turn
+
+
+def test_tls13_hello_retry_request(pki: Pki) -> None:
+    """A server that accepts only P-384 makes OpenSSL's client (x25519 key share first) retry."""
+    sctx = server_ctx(pki, version=TLS13)
+    sctx.set_ecdh_curve("secp384r1")
+    w = handshake(client_ctx(pki), sctx)
+    assert w.error is None
+    tls, _, _ = parse_streams(w.client, w.server)
+    assert tls.hello_retry
+    assert tls.client_types == [1, 1]  # the second ClientHello after the retry request, in clear
+    assert tls.server_types == [2, 2]  # HelloRetryRequest, then the real ServerHello
+    cols = facts(w)
+    assert cols["tls_version"] == "TLSv13" and cols["tls_cipher"] == "0x1302"
+    assert cols["tls_sni"] == "pool01.contoso.com" and cols["tls_cert_requested"] is None

@@ -232,8 +232,8 @@ def read_direction(f: TlsFacts, data: bytes, server: bool) -> int:
                 types.append(mtype)
                 if server:
                     if mtype == HS_SERVER_HELLO:
-                        if _server_hello(f, body) and not f.hello_retry:
-                            encrypted = True
+                        if _server_hello(f, body) and body[2:34] != HRR_RANDOM:
+                            encrypted = True  # TLS 1.3: everything after the real ServerHello
                     elif mtype == HS_CERTIFICATE:
                         _certificate(f, body, True)
                     elif mtype == HS_CERTIFICATE_REQUEST:
@@ -251,7 +251,9 @@ def read_direction(f: TlsFacts, data: bytes, server: bool) -> int:
                 last_type = mtype
             pending = buf[p:stop]
         elif ct == CT_CCS:
-            encrypted = True
+            # After a HelloRetryRequest the server's compatibility CCS comes before its real ServerHello,
+            # which is still in clear (RFC 8446 §D.4).
+            encrypted = not (server and f.hello_retry and types.count(HS_SERVER_HELLO) == 1)
             if server:
                 f.server_ccs = True
                 f.server_flight_done = True  # resumption: the flight ends in ChangeCipherSpec
