@@ -185,5 +185,10 @@ def test_a_rule_cannot_read_files_outside_the_lake(tmp_path: Path) -> None:
     assert "/etc/hostname" in report.evaluation.problems[0].message
     fired = set(report.evaluation.findings.column("rule_id").to_pylist())
     assert {"R5", "R6"} <= fired  # the other rules still read the lake
+    # the in-memory path (analyze's, ingest-zeek's and the live sensor's rule step) is confined the same way
+    table = analyse(capture("arkime__openssl-ssl3.pcap")).table
+    report = checker.check_table(table, lake, now=datetime.now(UTC), store=False)
+    assert [r.rule.id for r in report.evaluation.failed] == ["R90"]
+    assert "Permission Error" in report.evaluation.problems[0].message
     r = run_cli("check", "--lake", str(lake), "--rules", str(rules))
     assert r.returncode == 2 and "R90_etc.sql:7: a rule may read only" in r.stderr and "R5 " in r.stdout
