@@ -528,7 +528,11 @@ class FlowAssembler:
 
         redact = self.cfg.privacy.redact_http_query
         requests = sorted((r for r in flow.http if r[1]), key=lambda r: r[0])
-        paths = [redact_path(wire_path(r[3]), redact_query=redact) for r in requests if r[3] is not None]
+        paths = [
+            redact_path(wire_path(r[3]), redact_query=redact, host=r[2] if isinstance(r[2], str) else None)
+            for r in requests
+            if isinstance(r[3], str)
+        ]
         paths = list(dict.fromkeys(_text(p) or "" for p in paths))
         first = requests[0] if requests else None
         row["http_method"] = _text(first[1]) if first else None
