@@ -537,6 +537,22 @@ def test_sip_200_ok_with_lync_sdp_over_tcp_stream() -> None:
     assert cols["sdp_crypto"] is True and cols["sdp_protos"] == ["RTP/AVP", "RTP/SAVP"]
 
 
+def test_sip_over_tcp_picked_up_mid_message() -> None:
+    client, server = follow(capture("heplify__sip_ipv4_tcp.pcap"), 0)
+    ff = FlowFacts()
+    ff.observe_streams(
+        client[40:],  # inside the INVITE's request line: the ACK is the first whole message
+        server[server.index(b"SIP/2.0 180") - 7 :],  # inside the 100 Trying's body end
+        client_from_start=False,
+        server_from_start=False,
+        client_complete=True,
+        server_complete=True,
+        ts_ns=0,
+    )
+    assert ff.sip.methods == {"ACK", "BYE"} and ff.sip.status_codes == {180, 200}
+    assert ff.sip.messages == 5
+
+
 def test_http_request_host_path_and_status() -> None:
     client, server = follow(capture("zeek__http-get.pcap"), 0)
     ff = FlowFacts()

@@ -60,8 +60,9 @@ class FlowFacts:
             if facts.pseudo:  # MS-TURN continues in clear after the pseudo-TLS hellos ([MS-TURN] §2.1.1)
                 self._stun_stream(client, c_end, server, s_end)
             return
-        if sip.starts_sip(client) or sip.starts_sip(server):
-            self.sip.set_stream(sip.parse_stream(client, ts_ns) + sip.parse_stream(server, ts_ns))
+        sip_c, sip_s = _sip_part(client, client_from_start), _sip_part(server, server_from_start)
+        if sip.starts_sip(sip_c) or sip.starts_sip(sip_s):
+            self.sip.set_stream(sip.parse_stream(sip_c, ts_ns) + sip.parse_stream(sip_s, ts_ns))
             return
         if http.starts_request(client) or http.starts_response(server):
             rq = self.http.redact_query
@@ -107,3 +108,12 @@ class FlowFacts:
             req = http.parse_request(payload, redact_query=self.http.redact_query)
             if req is not None:
                 self.http.add_request(req)
+
+
+def _sip_part(data: bytes, from_start: bool) -> bytes:
+    """The bytes from the first SIP start line on: all of them from offset 0; mid-stream, from the first
+    start line found (a long-lived SIP/TCP connection picked up inside a message)."""
+    if from_start or sip.starts_sip(data):
+        return data
+    at = sip.resync(data)
+    return data[at:] if at >= 0 else b""

@@ -92,6 +92,22 @@ def parse_message(data: bytes, pos: int, ts_ns: int, *, stream: bool) -> tuple[S
     return msg, min(body_end, len(data)) if not stream else body_end
 
 
+def resync(data: bytes) -> int:
+    """Offset of the first SIP start line in bytes picked up mid-stream, or -1. A request line is the only
+    line ending in ' SIP/2.0' (Via says 'SIP/2.0/TCP'); a status line is the only one starting 'SIP/2.0 '."""
+    best = -1
+    for needle, back in ((b" SIP/2.0\r\n", True), (b"\nSIP/2.0 ", False)):
+        i = data.find(needle)
+        while i >= 0:
+            start = data.rfind(b"\n", 0, i) + 1 if back else i + 1
+            if (start == 0 or data[start - 1] == 0x0A) and starts_sip(data, start):
+                if best < 0 or start < best:
+                    best = start
+                break
+            i = data.find(needle, i + 1)
+    return best
+
+
 def parse_stream(data: bytes, ts_ns: int) -> list[SipMessage]:
     """Every SIP message of a reassembled TCP direction, split by Content-Length (keep-alive CRLFs skipped)."""
     out: list[SipMessage] = []
