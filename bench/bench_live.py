@@ -358,11 +358,11 @@ def main() -> int:
     finally:
         subprocess.run(["ip", "netns", "del", ns[0]], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns[1]], capture_output=True)
-    interval = args.interval or "the config's"
+    interval = f"{args.interval} s" if args.interval else "sensor.interval of the config"
     lines = [
         f"Replay of {pcap.name} into a veth pair, {args.seconds} s per rate (tcpreplay in one namespace, "
         "lync-sensor run in the other; CPU and RSS of the sensor, its dissector worker and dumpcap; "
-        f"flow export every {interval} s)",
+        f"flow export every {interval})",
         "",
         "| target pps | sent | captured | drops | ring overruns | CPU % (of one core) "
         "| RSS MiB 2nd quarter / last quarter / peak | RSS growth | status lag s | lake lag s |",

@@ -552,7 +552,7 @@ def report(header: dict[str, str], load_start: float, long_factor: int, mixes: l
     """The results as Markdown tables and one verdict per target."""
     lines = [
         f"Machine: {header['machine']}; lync-sensor {header['revision']}; {header['date']}; "
-        f"load average at start {load_start:.2f}",
+        f"load average at start {load_start:.2f}; peak RSS = the largest process of the run (getrusage)",
         "",
         "| capture (same file, same run) | packets | lync-sensor analyze | nDPI ndpiReader | tshark -T fields |"
         " analyze / ndpiReader | analyze / tshark |",
