@@ -15,6 +15,7 @@ import logging
 import re
 import socket
 import ssl
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -183,13 +184,22 @@ def _users(table: Any, fail: Callable[..., ConfigError]) -> dict[str, bytes]:
 
 class BasicAuth:
     """HTTP basic auth against bcrypt hashes, as exporter-toolkit does it: credentials compared as bytes,
-    an unknown user costs a bcrypt check too, one bcrypt check at a time, recent results cached."""
+    an unknown user costs a bcrypt check too, one bcrypt check at a time, recent successes cached."""
 
     def __init__(self, app: Wsgi, users: Mapping[str, bytes]) -> None:
         self.app = app
         self.users = [(user.encode(), hashed) for user, hashed in users.items()]
-        self._cache: OrderedDict[bytes, bool] = OrderedDict()
-        self._lock = threading.Lock()  # the cache, and bcrypt one at a time: a password guesser gets one core
+        # Only successes are cached: failed guesses cannot evict the scraper's entry.
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._bcrypt_lock = threading.Lock()  # one bcrypt check at a time: a password guesser gets one core
+
+    def _cached(self, key: bytes) -> bool:
+        with self._cache_lock:
+            if key in self._verified:
+                self._verified.move_to_end(key)
+                return True
+            return False
 
     def verify(self, user: bytes, password: bytes) -> bool:
         hashed, known = _DUMMY_HASH, False
@@ -197,14 +207,17 @@ class BasicAuth:
             if hmac.compare_digest(name, user):
                 hashed, known = candidate, True
         key = hashlib.sha256(b"\0".join((user, hashed, password))).digest()  # never the password itself
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+        if self._cached(key):  # a cached scraper never waits behind the bcrypt queue
+            return True
+        with self._bcrypt_lock:
+            if self._cached(key):  # verified while this request waited
+                return True
             ok = bcrypt.checkpw(password, hashed) and known
-            self._cache[key] = ok
-            if len(self._cache) > AUTH_CACHE_SIZE:
-                self._cache.popitem(last=False)
+        if ok:
+            with self._cache_lock:
+                self._verified[key] = None
+                if len(self._verified) > AUTH_CACHE_SIZE:
+                    self._verified.popitem(last=False)
         return ok
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -319,7 +332,11 @@ class _Server(ThreadingMixIn, WSGIServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up or stalls is the client's problem: counted at debug level, no traceback."""
-        self.count_dropped(client_address, "connection ended early")
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            self.count_dropped(client_address, str(error) or type(error).__name__)
+        else:  # a defect of ours: say so once, with its traceback, in the log
+            log.exception("/metrics: serving %s failed", client_address[0])
 
     def count_dropped(self, client_address: Any, why: str) -> None:
         with self._count_lock:

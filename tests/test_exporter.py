@@ -181,6 +181,29 @@ def test_basic_auth_with_bcrypt(serve: Callable[..., MetricsServer]) -> None:
     assert scrape(server, auth="jürgen:pässword".encode()) == 200
 
 
+def test_a_password_guesser_does_not_delay_the_scraper(serve: Callable[..., MetricsServer]) -> None:
+    """bcrypt runs one check at a time; a scraper whose credentials were verified before never queues for it."""
+    server = serve(f"basic_auth_users:\n  prom: {bcrypt_hash('s3cret', 12)}\n")
+    assert scrape(server, auth=b"prom:s3cret") == 200
+    stop = threading.Event()
+
+    def guess(n: int) -> None:
+        while not stop.is_set():
+            assert scrape(server, auth=f"prom:guess{n}".encode()) == 401
+
+    with ThreadPoolExecutor(8) as pool:
+        guessers = [pool.submit(guess, n) for n in range(8)]
+        try:
+            time.sleep(1)  # eight guesses queued behind one another, ~0.25 s of bcrypt each
+            started = time.monotonic()
+            assert scrape(server, auth=b"prom:s3cret") == 200
+            assert time.monotonic() - started < 1
+        finally:
+            stop.set()
+        for future in guessers:
+            future.result()
+
+
 @pytest.mark.parametrize(
     "header",
     [
