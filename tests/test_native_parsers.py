@@ -641,3 +641,23 @@ def test_tls13_hello_retry_request(pki: Pki) -> None:
     cols = facts(w)
     assert cols["tls_version"] == "TLSv13" and cols["tls_cipher"] == "0x1302"
     assert cols["tls_sni"] == "pool01.contoso.com" and cols["tls_cert_requested"] is None
+
+
+def test_sip_multipart_alternative_sdp_over_udp() -> None:
+    """Lync offers one SDP per ICE version in a multipart/alternative body; each part's media counts."""
+    invite = udp_payloads(capture("ndpi__sip.pcap"), 'sip.Method == "INVITE" and sdp')[0]
+    head = invite[: invite.index(b"\r\n\r\n")]
+    head = b"\r\n".join(ln for ln in head.split(b"\r\n") if not ln.lower().startswith(b"content-"))
+    body = (
+        b"--bnd\r\nContent-Type: application/sdp\r\n\r\n" + LYNC_SDP + b"\r\n"
+        b"--bnd\r\nContent-Type: application/sdp\r\n\r\n" + LYNC_SDP.replace(b"50020", b"50040") + b"\r\n--bnd--\r\n"
+    )
+    msg = head + b'\r\nc: multipart/alternative; boundary="bnd"\r\nl: %d\r\n\r\n' % len(body) + body
+    ff = FlowFacts()
+    ff.observe_datagram(msg, 0, 9)
+    assert ff.sip.methods == {"INVITE"}
+    assert [m.port for m in ff.sip.media] == [50020, 50030, 50040, 50030]
+    assert ff.sip.columns()["sdp_encryption"] == "required"
+    (parsed,) = ff.sip.other_messages
+    assert parsed.content_type == 'multipart/alternative; boundary="bnd"'  # compact forms c= and l=
+    assert parsed.content_length == len(body)
