@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import pytest
@@ -64,10 +65,10 @@ TLS = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n"
 def serve(pki: Path) -> Iterator[Callable[..., MetricsServer]]:
     servers: list[MetricsServer] = []
 
-    def start(text: str = "", **kwargs: float) -> MetricsServer:
+    def start(text: str = "", **kwargs: Any) -> MetricsServer:
         path = web_config(pki, text) if text else None
         settings = MetricsSettings(listen="127.0.0.1:0", web_config_file=str(path) if path else "")
-        server = MetricsServer(SensorMetrics().registry, settings, **kwargs).start()  # type: ignore[arg-type]
+        server = MetricsServer(SensorMetrics().registry, settings, **kwargs).start()
         servers.append(server)
         return server
 
