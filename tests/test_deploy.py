@@ -7,9 +7,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import bcrypt
 import pytest
 import yaml
 
+from sensor.exporter import load_web_config
 from tests.conftest import ROOT
 
 UNIT = ROOT / "deploy" / "systemd" / "lync-sensor.service"
@@ -65,3 +67,21 @@ def test_containerfile_copies_what_exists_and_runs_unprivileged() -> None:
             for src in line.split()[1:-1]:
                 assert (ROOT / src).exists(), src
     assert "USER lync-sensor" in lines and 'CMD ["run"]' in lines
+
+
+def test_the_example_web_config_loads(tmp_path: Path) -> None:
+    """deploy/web-config.example.yml, with its certificate paths pointed at a real pair, is a valid web config."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(tmp_path / "sensor.key"), "-out", str(tmp_path / "sensor.pem"), "-days", "1",
+         "-subj", "/CN=sensor-a.example.net"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    text = (ROOT / "deploy" / "web-config.example.yml").read_text()
+    assert "/etc/lync-sensor/tls/sensor.pem" in text
+    path = tmp_path / "web.yml"
+    path.write_text(text.replace("/etc/lync-sensor/tls/", ""))  # relative to the web config's directory
+    web = load_web_config(path)
+    assert web.tls is not None and web.tls.minimum_version.name == "TLSv1_2"
+    assert list(web.users) == ["prometheus"]
+    assert bcrypt.checkpw(b"change-me", web.users["prometheus"])  # the password the comment names
