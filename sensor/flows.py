@@ -421,6 +421,7 @@ def _native_facts(  # type: ignore[no-untyped-def]
                 sg[r, stream.SG_SEQ] &= 0xFFFFFFFF
                 sg[r, stream.SG_OFF] = a
                 sg[r, stream.SG_LEN] = plen
+                sg[r, stream.SG_TS] = ts
                 for j in range(plen):
                     arena[a + j] = pbuf[poff + j]
                 state[S_NSEG] = r + 1
@@ -752,13 +753,16 @@ class FlowTable:
         result: dict[int, list[stream.StreamPrefix]] = {}
         empty = stream.StreamPrefix(b"", False, False, 0)
         capped = self.fs[gflow, F_CAPPED + gdir]
+        sg_all = self.sg  # compaction writes a new table, so this one stays valid for the times
+        group_rows = np.split(order, starts[1:-1])
         for g, (f, d) in enumerate(zip(gflow.tolist(), gdir.tolist(), strict=True)):
-            off, contig, extent, diff, beyond = meta[g].tolist()
+            off, contig, extent, diff, beyond, base = meta[g].tolist()
             prefix = stream.StreamPrefix(
                 out[off : off + contig].tobytes(),
                 from_start=bool(isn[g] >= 0),
                 complete=contig == extent and beyond == 0 and not capped[g] and extent < self.stream_k,
                 differing=diff,
+                times=stream.SegmentTimes(sg_all, group_rows[g], base),
             )
             pair = result.setdefault(f, [empty, empty])
             pair[d] = prefix

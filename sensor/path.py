@@ -144,6 +144,8 @@ class PacketPath:
                 client_complete=c.complete,
                 server_complete=s.complete,
                 ts_ns=int(self.table.fs[f, fl.F_FIRST_TS]),
+                client_times=c.times,
+                server_times=s.times,
             )
             self.fact_units += 2
             self.retransmitted_differing += c.differing + s.differing

@@ -159,9 +159,9 @@ class Fragments:
 
 
 # ---- TCP stream prefixes -----------------------------------------------------------------------------
-# Segment table columns: flow, direction, absolute sequence number, arena offset, length, arrival order.
-SG_FLOW, SG_DIR, SG_SEQ, SG_OFF, SG_LEN = range(5)
-NSG = 5
+# Segment table columns: flow, direction, absolute sequence number, arena offset, length, capture time (ns).
+SG_FLOW, SG_DIR, SG_SEQ, SG_OFF, SG_LEN, SG_TS = range(6)
+NSG = 6
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -181,9 +181,10 @@ def assemble(sg, arena, order, starts, isn, limit_k):  # type: ignore[no-untyped
     isn[g] is the stream's initial sequence number + 1 (offset 0) or -1 when the SYN was not seen; then the
     lowest sequence number seen is offset 0 of what is kept (picked up mid-stream). First copy wins; bytes that
     differ in a later copy are counted. Returns (out, meta) with meta[g] = (offset in out, contiguous length
-    from offset 0, extent, bytes that differed on overlap, covered bytes beyond the first hole)."""
+    from offset 0, extent, bytes that differed on overlap, covered bytes beyond the first hole, the sequence
+    number of offset 0)."""
     ngroups = starts.shape[0] - 1
-    meta = np.zeros((ngroups, 5), np.int64)
+    meta = np.zeros((ngroups, 6), np.int64)
     bases = np.zeros(ngroups, np.int64)
     total = 0
     for g in range(ngroups):
@@ -197,6 +198,7 @@ def assemble(sg, arena, order, starts, isn, limit_k):  # type: ignore[no-untyped
                 if rel_seq(s, base) < 0:
                     base = s
         bases[g] = base
+        meta[g, 5] = base
         extent = 0
         for k in range(a, b):
             r = order[k]
@@ -283,6 +285,33 @@ class StreamPrefix:
     from_start: bool  # offset 0 is the byte after the SYN (False: picked up mid-stream)
     complete: bool  # nothing was seen beyond these bytes (no hole, not cut at the cap)
     differing: int  # retransmitted bytes that differed from the first copy (first copy kept)
+    times: SegmentTimes | None = None  # capture time of the byte at an offset
+
+
+class SegmentTimes:
+    """When the byte at a stream offset was captured (the first segment that carried it): SIP messages on one
+    TCP connection belong to different calls at different times. Built only when asked."""
+
+    __slots__ = ("_base", "_rows", "_sg", "_starts", "_ts")
+
+    def __init__(self, sg: npt.NDArray[np.int64], rows: npt.NDArray[np.int64], base: int) -> None:
+        self._sg = sg
+        self._rows = rows
+        self._base = base
+        self._starts: npt.NDArray[np.int64] | None = None
+        self._ts: npt.NDArray[np.int64] | None = None
+
+    def __call__(self, offset: int) -> int:
+        if self._starts is None:
+            seg = self._sg[self._rows]
+            rel = (seg[:, SG_SEQ] - self._base) & 0xFFFFFFFF
+            rel = np.where(rel >= 0x80000000, rel - 0x100000000, rel)
+            order = np.lexsort((seg[:, SG_TS], rel))  # by offset; the earliest copy first
+            self._starts = rel[order]
+            self._ts = seg[order, SG_TS]
+        assert self._ts is not None
+        i = int(np.searchsorted(self._starts, offset, side="right")) - 1
+        return int(self._ts[max(i, 0)])
 
 
 def group_rows(flows: npt.NDArray[np.int64], dirs: npt.NDArray[np.int64]) -> tuple[np.ndarray, np.ndarray]:

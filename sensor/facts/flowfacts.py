@@ -3,6 +3,7 @@ from the native parsers over reassembled TCP bytes and UDP datagrams."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sensor.dissect import DissectedPacket
@@ -47,6 +48,8 @@ class FlowFacts:
         client_complete: bool,
         server_complete: bool,
         ts_ns: int,
+        client_times: Callable[[int], int] | None = None,
+        server_times: Callable[[int], int] | None = None,
     ) -> None:
         """A TCP flow's reassembled prefix per direction (client = originator). Called again with longer
         bytes, it recomputes every stream-derived fact, so nothing is counted twice.
@@ -62,7 +65,10 @@ class FlowFacts:
             return
         sip_c, sip_s = _sip_part(client, client_from_start), _sip_part(server, server_from_start)
         if sip.starts_sip(sip_c) or sip.starts_sip(sip_s):
-            self.sip.set_stream(sip.parse_stream(sip_c, ts_ns) + sip.parse_stream(sip_s, ts_ns))
+            self.sip.set_stream(
+                sip.parse_stream(sip_c, ts_ns, _shifted(client_times, len(client) - len(sip_c)))
+                + sip.parse_stream(sip_s, ts_ns, _shifted(server_times, len(server) - len(sip_s)))
+            )
             return
         if http.starts_request(client) or http.starts_response(server):
             rq = self.http.redact_query
@@ -108,6 +114,13 @@ class FlowFacts:
             req = http.parse_request(payload, redact_query=self.http.redact_query)
             if req is not None:
                 self.http.add_request(req)
+
+
+def _shifted(times: Callable[[int], int] | None, shift: int) -> Callable[[int], int] | None:
+    """Capture times for offsets into a suffix of the stream that starts `shift` bytes in."""
+    if times is None or shift == 0:
+        return times
+    return lambda offset: times(offset + shift)
 
 
 def _sip_part(data: bytes, from_start: bool) -> bytes:

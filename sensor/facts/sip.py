@@ -6,6 +6,7 @@ RFC 3261 §7: a start line, header fields up to an empty line, and a body of Con
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from sensor.sip import SdpMedia, SipMessage
@@ -108,8 +109,10 @@ def resync(data: bytes) -> int:
     return best
 
 
-def parse_stream(data: bytes, ts_ns: int) -> list[SipMessage]:
-    """Every SIP message of a reassembled TCP direction, split by Content-Length (keep-alive CRLFs skipped)."""
+def parse_stream(data: bytes, ts_ns: int, times: Callable[[int], int] | None = None) -> list[SipMessage]:
+    """Every SIP message of a reassembled TCP direction, split by Content-Length (keep-alive CRLFs skipped).
+    `times` gives the capture time of the byte at an offset (messages of one connection belong to different
+    calls); without it every message gets ts_ns."""
     out: list[SipMessage] = []
     pos, n = 0, len(data)
     while pos < n:
@@ -117,7 +120,7 @@ def parse_stream(data: bytes, ts_ns: int) -> list[SipMessage]:
             pos += 2
         if pos >= n or not starts_sip(data, pos):
             break
-        msg, end = parse_message(data, pos, ts_ns, stream=True)
+        msg, end = parse_message(data, pos, times(pos) if times is not None else ts_ns, stream=True)
         if msg is None:
             break
         out.append(msg)
