@@ -51,24 +51,13 @@ def test_analyze_writes_hive_partitioned_lake(tmp_path: Path) -> None:
     schema = pq.read_schema(files[0])
     for field in FLOW_SCHEMA:
         assert schema.field(field.name).metadata[b"description"]
-    # a second run over the same capture adds a file with the next sequence number, never overwrites
-    assert (
-        main(
-            [
-                "analyze",
-                str(capture("heplify__sip_ipv4_tcp.pcap")),
-                "--lake",
-                str(lake),
-                "--no-progress",
-                "--set",
-                "sensor.id=sensor-a",
-                "--no-rules",
-            ]
-        )
-        == 0
-    )
-    names = sorted(p.name for p in (lake / "flows").glob("date=*/hour=*/*.parquet"))
-    assert names == ["sensor-a-000000.parquet", "sensor-a-000001.parquet"]
+    # a second run over the same capture is refused (its records are in the lake), or replaces them with --replace
+    again = [str(capture("heplify__sip_ipv4_tcp.pcap")), "--lake", str(lake), "--no-progress", "--no-rules"]
+    r = run("analyze", *again, "--set", "sensor.id=sensor-a")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--replace" in r.stderr
+    assert sorted((lake / "flows").rglob("*.parquet")) == files
+    assert main(["analyze", *again, "--set", "sensor.id=sensor-a", "--replace"]) == 0
+    assert lake_rows(lake) == [(3,)]  # replaced, not doubled
     assert not list(lake.rglob("*.tmp"))
 
 
