@@ -7,10 +7,11 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from sensor import flows as fl
@@ -52,6 +53,7 @@ class Analysis:
     fact_packets: int
     non_ip: int
     seconds: float
+    stream: dict[str, int] = field(default_factory=dict)  # stream-layer events (IP fragments, TCP overlaps)
 
 
 def _addr(hi: int, lo: int) -> str:
@@ -103,14 +105,22 @@ class Analyzer:
             path.abort()
             raise
         log.debug(
-            "fast path %.2f s; facts finished %.2f s later (%d fact units); IP fragments %s",
+            "fast path %.2f s; facts finished %.2f s later (%d fact units); stream layer %s",
             scanned - started,
             time.monotonic() - scanned,
             path.fact_count,
-            path.fragment_report(),
+            path.stream_counters(),
         )
         out = self.build_records(path.table, path.facts)
-        return Analysis(out, reports, path.packets, path.fact_count, path.table.non_ip, time.monotonic() - started)
+        return Analysis(
+            out,
+            reports,
+            path.packets,
+            path.fact_count,
+            path.table.non_ip,
+            time.monotonic() - started,
+            path.stream_counters(),
+        )
 
     @staticmethod
     def _media_context(
@@ -190,6 +200,7 @@ class Analyzer:
             "resp_role": resp_role,
             "orig_first_byte": [None if v < 0 else v for v in fs[:, fl.F_FIRST_BYTE].tolist()],
             "resp_first_byte": [None if v < 0 else v for v in fs[:, fl.F_FIRST_BYTE + 1].tolist()],
+            "tcp_midstream": _midstream(fs),
         }
         fact_cols = self._fact_columns(table, facts, orig_h, orig_p, resp_h, resp_p, proto)
         per_flow.update(fact_cols)
@@ -378,6 +389,15 @@ def _app(
     if ff is not None and ff.dtls_srtp:
         return "dtls"
     return None
+
+
+def _midstream(fs: np.ndarray) -> list[bool | None]:
+    """Per TCP flow: a direction sent payload whose SYN was never seen (stream offset 0 unknown)."""
+    tcp = fs[:, fl.F_PROTO] == 6
+    mid = np.zeros(fs.shape[0], bool)
+    for d in (0, 1):
+        mid |= (fs[:, fl.F_ISN + d] < 0) & (fs[:, fl.F_SEQ0 + d] >= 0)
+    return [bool(m) if t else None for m, t in zip(mid.tolist(), tcp.tolist(), strict=True)]
 
 
 def _uid(sensor_id: str, oh: str, op: int, rh: str, rp: int, proto: str, first_ns: int) -> str:

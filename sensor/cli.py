@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print the summary as JSON")
     a.add_argument("--no-rules", action="store_true", help="do not evaluate the rules after the analysis")
     a.add_argument(
+        "--dissector",
+        choices=("native", "wireshark"),
+        default=None,
+        help="who parses the handshake facts: the native stream parsers (default) or Wireshark's dissectors "
+        "through tshark, a second opinion at Wireshark's speed (overrides sensor.dissector)",
+    )
+    a.add_argument(
         "--replace",
         action="store_true",
         help="the captures are in the lake already: replace their records (else that is refused, exit 2)",
@@ -92,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--bpf", default=None, help="capture filter (overrides live.bpf)")
     lv.add_argument("--lake", type=Path, default=None, help="lake directory (overrides sensor.lake)")
     lv.add_argument(
+        "--dissector",
+        choices=("native", "wireshark"),
+        default=None,
+        help="native stream parsers (default) or Wireshark's dissectors (overrides sensor.dissector)",
+    )
+    lv.add_argument(
         "--spool-only",
         action="store_true",
         help="no capture of our own: read the ring files another dumpcap writes into live.spool",
@@ -117,6 +130,8 @@ def _load(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if getattr(args, "lake", None) is not None:
         overrides.append(f"sensor.lake={json.dumps(str(args.lake))}")
+    if getattr(args, "dissector", None) is not None:
+        overrides.append(f"sensor.dissector={json.dumps(args.dissector)}")
     return load_config(path, env=dict(os.environ), overrides=overrides)
 
 
@@ -153,6 +168,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             "flows": result.table.num_rows,
             "files": [str(w.path) for w in written],
             "summary": summarize(result.table),
+            "stream": result.stream,
         }
         if report is not None:
             out["findings"] = {r.rule.id: r.by_severity for r in report.evaluation.results if r.findings}
@@ -164,8 +180,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     rate = result.packets / result.seconds if result.seconds else 0.0
     print(
         f"Analysed {len(result.captures)} capture(s): {result.packets:,} packets in {result.seconds:.1f} s "
-        f"({rate:,.0f} packets/s), {result.fact_packets:,} handed to Wireshark's dissectors."
+        f"({rate:,.0f} packets/s), "
+        + (
+            f"{result.fact_packets:,} fact packets handed to Wireshark's dissectors."
+            if cfg.sensor.dissector == "wireshark"
+            else f"{result.fact_packets:,} streams and datagrams parsed for facts."
+        )
     )
+    frag = {k: v for k, v in result.stream.items() if v}
+    if frag:
+        print("Stream layer: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in frag.items()) + ".")
     print(f"Wrote {result.table.num_rows:,} flow records to {lake}/flows in {len(written)} file(s).")
     if run.replaced:
         print(f"Replaced the earlier records of these captures: {run.replaced:,} file(s) removed.")

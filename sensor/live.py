@@ -198,6 +198,7 @@ class LiveSensor:
         self._pending: list[pa.Table] = []
         self._rx_dropped: int | None = None
         self._iface_drops = 0
+        self._stream_seen: dict[str, int] = {}
         self._setup(cfg)
 
     def _setup(self, cfg: Config) -> None:
@@ -331,6 +332,11 @@ class LiveSensor:
         # facts are complete (as far as the bytes go) on a flow's first interval record: parse every stream
         # prefix still pending before building the records
         path.facts_for_export(path.last_ts)
+        for event, total in path.stream_counters().items():
+            delta = total - self._stream_seen.get(event, 0)
+            if delta > 0:
+                self.metrics.stream_events.labels(event).inc(delta)
+            self._stream_seen[event] = total
         with path.lock:
             records = self.builder.build_records(table, path.facts, exported, table.nrecords)
         self.metrics.open_flows.set(int(table.active().size))

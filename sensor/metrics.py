@@ -108,6 +108,13 @@ class SensorMetrics:
         self.decode_errors = Counter(
             "lync_sensor_decode_errors", "Packets or bytes that could not be decoded, by kind.", ("kind",), registry=r
         )
+        self.stream_events = Counter(
+            "lync_sensor_stream_events",
+            "Stream-layer events: IP fragments seen, datagrams reassembled, overlapping fragments dropped, "
+            "reassemblies evicted at the cap, timed out or invalid; TCP retransmitted bytes that differed.",
+            ("event",),
+            registry=r,
+        )
         self.capture_drops = Counter(
             "lync_sensor_capture_drops",
             "Packets dropped before the sensor saw them (kernel or capture engine).",

@@ -201,5 +201,9 @@ class PacketPath:
     def fact_count(self) -> int:
         return self.factcap.count if self.factcap is not None else self.fact_units
 
-    def fragment_report(self) -> dict[str, int]:
-        return self.table.frags.report()
+    def stream_counters(self) -> dict[str, int]:
+        """What the stream layer met so far: IP fragments (seen, datagrams reassembled, overlaps dropped,
+        evicted at the cap, timed out, invalid) and TCP bytes whose retransmitted copy differed."""
+        out = {f"ip_{k}" if k == "fragments" else f"ip_fragment_{k}": v for k, v in self.table.frags.report().items()}
+        out["tcp_differing_bytes"] = self.retransmitted_differing
+        return out

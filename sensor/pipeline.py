@@ -47,15 +47,10 @@ def analyze_to_lake(
     """
     lake = Path(cfg.sensor.lake)
     source = Source.of_files(captures)
-    with claim_source(lake, source):
-        old_flows = files_of_source(lake, "flows", source.id)
-        old_findings = files_of_source(lake, "findings", source.id)
-        if (old_flows or old_findings) and not replace:
-            raise SinkError(
-                f"lake {lake}: these capture(s) are in it already (source {source.id}, {len(old_flows)} flow "
-                "file(s)); give --replace to replace their records"
-            )
-        analysis = Analyzer(cfg, progress=progress).run(captures)
+    _refuse_unless(replace, lake, source)  # before the work: a refused run costs nothing
+    analysis = Analyzer(cfg, progress=progress).run(captures)
+    with claim_source(lake, source):  # one run per source at a time; the lake exists from here on
+        old_flows, old_findings = _refuse_unless(replace, lake, source)
         writer = LakeWriter(lake, cfg.sensor.id, source=source)
         written = writer.write("flows", analysis.table)
         new = {w.path for w in written}
@@ -64,6 +59,8 @@ def analyze_to_lake(
             metrics.capture_packets.labels("pcap").inc(analysis.packets)
             metrics.decode_errors.labels("non_ip").inc(analysis.non_ip)
             metrics.decode_errors.labels("skipped_bytes").inc(sum(c.skipped_bytes for c in analysis.captures))
+            for event, n in analysis.stream.items():
+                metrics.stream_events.labels(event).inc(n)
             metrics.observe_flows(analysis.table)
             metrics.last_flush.set(time.time())
         report = None
@@ -77,3 +74,15 @@ def analyze_to_lake(
             if metrics is not None:
                 metrics.observe_evaluation(report.evaluation.results, report.fresh, checker.broken_files, time.time())
     return RunResult(analysis, written, report, source, replaced)
+
+
+def _refuse_unless(replace: bool, lake: Path, source: Source) -> tuple[list[Path], list[Path]]:
+    """The lake files of an earlier analysis of the same captures; SinkError (exit 2) if any and not `replace`."""
+    flows = files_of_source(lake, "flows", source.id)
+    findings = files_of_source(lake, "findings", source.id)
+    if (flows or findings) and not replace:
+        raise SinkError(
+            f"lake {lake}: these capture(s) are in it already (source {source.id}, {len(flows)} flow "
+            "file(s)); give --replace to replace their records"
+        )
+    return flows, findings

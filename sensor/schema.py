@@ -76,12 +76,19 @@ FLOW_COLUMNS: tuple[Column, ...] = (
     Column(
         "orig_first_byte",
         pa.int16(),
-        "First transport payload byte the originator sent in the flow (0x16 starts TLS); null if none.",
+        "First transport payload byte the originator sent in the flow (0x16 starts TLS): for TCP the byte at "
+        "stream offset 0 whatever order the segments arrived in; null if none, or if offset 0 was not seen.",
     ),
     Column(
         "resp_first_byte",
         pa.int16(),
-        "First transport payload byte the responder sent in the flow; null if none.",
+        "First transport payload byte the responder sent in the flow (TCP: stream offset 0); null if not seen.",
+    ),
+    Column(
+        "tcp_midstream",
+        pa.bool_(),
+        "TCP only: true when a direction's SYN was not seen (the flow was picked up mid-stream, so stream offset "
+        "0 and facts that need it are unknown); false when both directions started at their SYN.",
     ),
     # TLS
     Column(
