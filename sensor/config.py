@@ -140,6 +140,25 @@ class LiveSettings:
     status_file: str = ""
 
 
+LAKE_BACKENDS = ("parquet", "ducklake")
+
+
+@dataclass(frozen=True)
+class LakeSettings:
+    """[lake]: which lake the records go to. "parquet": hive-partitioned files under sensor.lake (one box);
+    "ducklake": a DuckLake, its catalog in PostgreSQL (a fleet) or a DuckDB file (one box), its data files
+    under data_path (a shared filesystem or s3://). A DuckLake writer that cannot reach the catalog keeps its
+    records in the local spool (bounded) and retries with backoff."""
+
+    backend: str = "parquet"
+    catalog: str = ""  # "postgres:dbname=... host=..." or a DuckDB file path; required for ducklake
+    data_path: str = ""  # directory or s3:// URL of the data files; "" = <sensor.lake>/ducklake-data
+    spool: str = ""  # records waiting for the catalog; "" = <sensor.lake>/_spool
+    spool_max_records: int = 2_000_000  # beyond this the oldest spooled records are dropped (and counted)
+    retry_initial_seconds: int = 1  # first retry after a failed commit; doubled per failure
+    retry_max_seconds: int = 60  # longest wait between retries
+
+
 @dataclass(frozen=True)
 class MetricsSettings:
     """[metrics]: the /metrics exporter. Loopback by default; TLS and basic auth (for exposing it further) come
@@ -160,6 +179,7 @@ class Config:
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     live: LiveSettings = field(default_factory=LiveSettings)
+    lake: LakeSettings = field(default_factory=LakeSettings)
     source: Path | None = None
     origins: Mapping[str, str] = field(default_factory=_frozen, repr=False, compare=False)
 
@@ -200,6 +220,7 @@ class Config:
             "privacy": dataclasses.asdict(self.privacy),
             "metrics": dataclasses.asdict(self.metrics),
             "live": dataclasses.asdict(self.live),
+            "lake": dataclasses.asdict(self.lake),
         }
 
 
@@ -358,6 +379,35 @@ def _check_listen(value: Any) -> str:
     return value
 
 
+def _text(value: Any) -> str:
+    if isinstance(value, _Given):
+        value = value.parsed if isinstance(value.parsed, str) else value.text
+    if not isinstance(value, str):
+        raise _Problem(f"expected a string, got {_show(value)}")
+    return value
+
+
+def _check_catalog(value: Any) -> str:
+    """A DuckLake catalog: "postgres:<libpq key=value DSN>" or a DuckDB file path ("" = none)."""
+    text = _text(value).strip()
+    if text.startswith(("postgres:", "postgresql:")):
+        dsn = text.split(":", 1)[1].strip()
+        if not dsn or not all(re.fullmatch(r"[A-Za-z_]+=\S*", part) for part in dsn.split()):
+            raise _Problem(f"{text!r}: a postgres catalog is postgres:key=value ... (e.g. postgres:dbname=lake host=db)")
+        return text
+    if re.match(r"^[a-z][a-z0-9+]*://", text) or text.startswith(("sqlite:", "mysql:", "ducklake:")):
+        raise _Problem(f"{text!r}: a catalog is postgres:key=value ... or a DuckDB file path")
+    return text
+
+
+def _check_data_path(value: Any) -> str:
+    """Where DuckLake puts its data files: an absolute directory or an s3:// URL ("" = under sensor.lake)."""
+    text = _text(value).strip()
+    if text and not (text.startswith("/") or re.match(r"^s3://[^/]+", text)):
+        raise _Problem(f"{text!r}: give an absolute directory or an s3://bucket/prefix URL")
+    return text
+
+
 def _removed(why: str) -> _Leaf:
     """A key that no longer exists: any value is an error that says what replaced it."""
 
@@ -503,6 +553,17 @@ _SCHEMA = _Table(
                 "retention_max_bytes": _integer(0, 1 << 60),
                 "min_free_bytes": _integer(0, 1 << 60),
                 "status_file": _string_or_empty(),
+            }
+        ),
+        "lake": _Table(
+            {
+                "backend": _choice(LAKE_BACKENDS),
+                "catalog": _Leaf(_check_catalog),
+                "data_path": _Leaf(_check_data_path),
+                "spool": _string_or_empty(),
+                "spool_max_records": _integer(1000, 1_000_000_000),
+                "retry_initial_seconds": _integer(1, 3600),
+                "retry_max_seconds": _integer(1, 86_400),
             }
         ),
         "metrics": _Table(
@@ -727,9 +788,27 @@ def _build(data: Mapping[str, Any], source: Path | None, origins: Mapping[str, s
         privacy=PrivacySettings(**data.get("privacy", {})),
         metrics=MetricsSettings(**data.get("metrics", {})),
         live=LiveSettings(**data.get("live", {})),
+        lake=_lake_settings(data.get("lake", {}), origins),
         source=source,
         origins=_frozen(origins),
     )
+
+
+def _lake_settings(data: Mapping[str, Any], origins: Mapping[str, str]) -> LakeSettings:
+    lake = LakeSettings(**data)
+    if lake.backend == "ducklake" and not lake.catalog:
+        raise ConfigError(
+            'backend "ducklake" needs a catalog: postgres:dbname=... host=... or a DuckDB file path',
+            key="lake.catalog",
+            source=origins.get("lake.backend"),
+        )
+    if lake.retry_max_seconds < lake.retry_initial_seconds:
+        raise ConfigError(
+            f"{lake.retry_max_seconds} is below lake.retry_initial_seconds ({lake.retry_initial_seconds})",
+            key="lake.retry_max_seconds",
+            source=origins.get("lake.retry_max_seconds"),
+        )
+    return lake
 
 
 def load_config(path: Path | None, env: Mapping[str, str] | None = None, overrides: Sequence[str] = ()) -> Config:

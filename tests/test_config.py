@@ -94,7 +94,7 @@ def test_the_brief_example_loads_unchanged(example: Path) -> None:
 
 def test_the_deploy_example_loads_and_uses_every_section() -> None:
     cfg = load_config(DEPLOY_EXAMPLE)
-    assert set(cfg.to_dict()) == {"sensor", "topology", "policy", "ports", "privacy", "metrics", "live"}
+    assert set(cfg.to_dict()) == {"sensor", "topology", "policy", "ports", "privacy", "metrics", "live", "lake"}
     assert cfg.metrics.listen == "127.0.0.1:9477"
     assert cfg.sensor.id == "sensor-a"
     assert cfg.roles["front_end"] == ("10.0.1.10", "10.0.1.11")
@@ -108,8 +108,9 @@ def test_the_deploy_example_loads_and_uses_every_section() -> None:
 
 def test_the_deploy_example_names_every_key() -> None:
     text = DEPLOY_EXAMPLE.read_text(encoding="utf-8")
-    for key in Config().to_dict()["sensor"]:
-        assert f"\n{key} = " in text
+    for section in ("sensor", "live", "lake"):
+        for key in Config().to_dict()[section]:
+            assert f"\n{key} = " in text, (section, key)
     for key in (
         "media_encryption_level",
         "fips",
