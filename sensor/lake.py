@@ -291,8 +291,7 @@ def claim_source(root: Path, source: Source) -> Iterator[None]:
                     lock.unlink()
                 continue
             raise SinkError(
-                f"lake {root}: the same capture(s) are being analysed right now by pid {other} on {host} "
-                f"(lock {lock})"
+                f"lake {root}: the same capture(s) are being analysed right now by pid {other} on {host} (lock {lock})"
             ) from None
         except OSError as exc:
             raise SinkError(f"lake {root}: cannot create {lock}: {exc.strerror or exc}") from exc
