@@ -289,8 +289,8 @@ class Analyzer:
         media_own: dict[int, list[rtp.Evidence]] = {}
         kinds: dict[int, str] = {}
         for i in range(n):
-            if proto[i] != "udp":
-                continue
+            if proto[i] != "udp" and not fs[i, fl.F_FRAMES]:
+                continue  # TCP carries media only framed per RFC 4571
             st = table.media_stats(i)
             if rtp.is_rtp_stream(st):
                 kinds[i] = "rtp"

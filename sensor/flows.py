@@ -40,7 +40,11 @@ F_CLS = 42
 F_ISN = F_CLS + pk.NCLS
 F_SEQ0, F_LIMIT, F_STORED, F_CAPPED, F_SEEN_CLS, F_DG = (F_ISN + 2 * k for k in range(1, 7))
 F_STREAM_DONE, F_SEG_TS, F_HAS_SEGS = F_ISN + 14, F_ISN + 15, F_ISN + 16
-NFS = F_ISN + 17
+# RFC 4571 framing per direction: stream offset of the next frame header (FRAME_UNKNOWN before the first
+# payload, FRAME_OFF when the direction is not framed media), and the frames followed.
+F_FRAME_NEXT, F_FRAMES = F_ISN + 17, F_ISN + 19
+NFS = F_ISN + 20
+FRAME_UNKNOWN, FRAME_OFF = -1, -2
 # Per-flow uint64 columns: addresses (128-bit as hi/lo) and the RTP payload-type bitmap.
 U_ORIG_HI, U_ORIG_LO, U_RESP_HI, U_RESP_LO, U_PT_LO, U_PT_HI = range(6)
 NFU = 6
@@ -117,6 +121,7 @@ def _new_flow(fs, fu, nib, state, h_src_first, shi, slo, dhi, dlo, sport, dport,
         fs[f, F_SEQ0 + d] = -1
         fs[f, F_LIMIT + d] = stream_k
         fs[f, F_SEEN_CLS + d] = -1
+        fs[f, F_FRAME_NEXT + d] = FRAME_UNKNOWN if proto == 6 else FRAME_OFF
     return f
 
 
@@ -359,50 +364,110 @@ def process(  # type: ignore[no-untyped-def]
             )
         else:
             _wireshark_facts(pbuf, poff, plen, proto, cls, f, d, i, fs, fact_mask, fact_flow, fact_dir, k_fact, k_sip)
-        if proto != 17:
-            continue
-        if cls == pk.CLS_RTP:
-            ssrc = pk.be32(pbuf, poff + 8)
-            if fs[f, F_RTP_SSRC + d] < 0:
-                fs[f, F_RTP_SSRC + d] = ssrc
-            if fs[f, F_RTP_SSRC + d] == ssrc:
-                fs[f, F_SSRC_SAME] += 1
-            seq = pk.be16(pbuf, poff + 2)
-            if (fs[f, F_SEQ_LAST + d] >= 0 and seq == ((fs[f, F_SEQ_LAST + d] + 1) & 0xFFFF)) or fs[
-                f, F_SEQ_LAST + d
-            ] < 0:
-                fs[f, F_SEQ_OK] += 1
-            fs[f, F_SEQ_LAST + d] = seq
-            pt = pbuf[poff + 1] & 0x7F
-            if pt < 64:
-                fu[f, U_PT_LO] |= np.uint64(1) << np.uint64(pt)
-            else:
-                fu[f, U_PT_HI] |= np.uint64(1) << np.uint64(pt - 64)
-            hl = rtp.rtp_header_len(pbuf, poff, plen)
-            rtp.observe_payload(pbuf, poff, plen, hl, pt, d, pstats, f)
-            unit = frame_unit[pt]
-            if hl > 0 and unit > 0:
-                body = plen - hl
-                if body > 0:
-                    plain_ok = body % unit == 0
-                    tag_ok = (body > 10 and (body - 10) % unit == 0) or (body > 4 and (body - 4) % unit == 0)
-                    if plain_ok != tag_ok:
-                        fs[f, F_LEN_TESTED] += 1
-                        if plain_ok:
-                            fs[f, F_LEN_PLAIN] += 1
-                        else:
-                            fs[f, F_LEN_TAG] += 1
-                if (pt == 0 or pt == 8) and fs[f, F_NIB_PKTS] < 64:
-                    fs[f, F_NIB_PKTS] += 1
-                    for j in range(poff + hl, poff + plen):
-                        nib[f, pbuf[j] >> 4] += 1
-        elif cls == pk.CLS_RTCP:
-            kind = rtp.rtcp_kind(pbuf, poff, plen)
-            if kind == 1:
-                fs[f, F_RTCP_PLAIN] += 1
-            elif kind == 2:
-                fs[f, F_RTCP_SRTCP] += 1
+        if proto == 17:
+            if cls == pk.CLS_RTP:
+                _rtp_stats(pbuf, poff, plen, f, d, fs, fu, nib, pstats, frame_unit)
+            elif cls == pk.CLS_RTCP:
+                _rtcp_stats(pbuf, poff, plen, f, fs)
+        elif fs[f, F_FRAME_NEXT + d] != FRAME_OFF:
+            _rfc4571(pbuf, poff, plen, rel, f, d, fs, fu, nib, pstats, frame_unit)
     return n, ST_DONE
+
+
+@nb.njit(cache=True, nogil=True)
+def _rtp_stats(pbuf, poff, plen, f, d, fs, fu, nib, pstats, frame_unit, whole=True):  # type: ignore[no-untyped-def]
+    """Header and payload statistics of one RTP packet (UDP datagram or RFC 4571 frame). A frame cut by the
+    segment's end (whole=False) gives its header and first payload bytes, not its length."""
+    ssrc = pk.be32(pbuf, poff + 8)
+    if fs[f, F_RTP_SSRC + d] < 0:
+        fs[f, F_RTP_SSRC + d] = ssrc
+    if fs[f, F_RTP_SSRC + d] == ssrc:
+        fs[f, F_SSRC_SAME] += 1
+    seq = pk.be16(pbuf, poff + 2)
+    if (fs[f, F_SEQ_LAST + d] >= 0 and seq == ((fs[f, F_SEQ_LAST + d] + 1) & 0xFFFF)) or fs[f, F_SEQ_LAST + d] < 0:
+        fs[f, F_SEQ_OK] += 1
+    fs[f, F_SEQ_LAST + d] = seq
+    pt = pbuf[poff + 1] & 0x7F
+    if pt < 64:
+        fu[f, U_PT_LO] |= np.uint64(1) << np.uint64(pt)
+    else:
+        fu[f, U_PT_HI] |= np.uint64(1) << np.uint64(pt - 64)
+    hl = rtp.rtp_header_len(pbuf, poff, plen)
+    rtp.observe_payload(pbuf, poff, plen, hl, pt, d, pstats, f)
+    unit = frame_unit[pt]
+    if hl > 0 and unit > 0 and whole:
+        body = plen - hl
+        if body > 0:
+            plain_ok = body % unit == 0
+            tag_ok = (body > 10 and (body - 10) % unit == 0) or (body > 4 and (body - 4) % unit == 0)
+            if plain_ok != tag_ok:
+                fs[f, F_LEN_TESTED] += 1
+                if plain_ok:
+                    fs[f, F_LEN_PLAIN] += 1
+                else:
+                    fs[f, F_LEN_TAG] += 1
+        if (pt == 0 or pt == 8) and fs[f, F_NIB_PKTS] < 64:
+            fs[f, F_NIB_PKTS] += 1
+            for j in range(poff + hl, poff + plen):
+                nib[f, pbuf[j] >> 4] += 1
+
+
+@nb.njit(cache=True, nogil=True)
+def _rtcp_stats(pbuf, poff, plen, f, fs):  # type: ignore[no-untyped-def]
+    kind = rtp.rtcp_kind(pbuf, poff, plen)
+    if kind == 1:
+        fs[f, F_RTCP_PLAIN] += 1
+    elif kind == 2:
+        fs[f, F_RTCP_SRTCP] += 1
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _rtp_frame_start(pbuf, p, n):  # type: ignore[no-untyped-def]
+    """An RFC 4571 frame header at p: a 16-bit length, then an RTP/RTCP version-2 header."""
+    if n < 14:
+        return False
+    ln = pk.be16(pbuf, p)
+    return 12 <= ln <= 65535 and (pbuf[p + 2] & 0xC0) == 0x80
+
+
+@nb.njit(cache=True, nogil=True)
+def _rfc4571(pbuf, poff, plen, rel, f, d, fs, fu, nib, pstats, frame_unit):  # type: ignore[no-untyped-def]
+    """RTP and RTCP framed on TCP (RFC 4571: each packet behind a 16-bit length; [MS-ICE2] TCP candidates).
+    Frames are followed in stream order from the direction's first payload; a gap ends the framing."""
+    nxt = fs[f, F_FRAME_NEXT + d]
+    if nxt == FRAME_UNKNOWN:
+        # decide on the direction's first payload segment: it must start with a frame header
+        if not _rtp_frame_start(pbuf, poff, plen):
+            fs[f, F_FRAME_NEXT + d] = FRAME_OFF
+            return
+        nxt = rel
+    if rel + plen <= nxt:
+        return  # a retransmission of framed bytes already followed
+    if rel > nxt:
+        fs[f, F_FRAME_NEXT + d] = FRAME_OFF  # a gap: the framing cannot be followed any further
+        return
+    pos = nxt - rel
+    while pos + 2 <= plen:
+        ln = pk.be16(pbuf, poff + pos)
+        fo = poff + pos + 2
+        avail = plen - pos - 2  # bytes of this frame in the segment (a long video frame spans segments)
+        if ln >= 8 and avail >= 2:
+            b0 = pbuf[fo]
+            if (b0 & 0xC0) != 0x80:
+                fs[f, F_FRAME_NEXT + d] = FRAME_OFF
+                return
+            b1 = pbuf[fo + 1]
+            if 192 <= b1 <= 223:
+                if avail >= ln:
+                    fs[f, F_CLS + pk.CLS_RTCP] += 1
+                    _rtcp_stats(pbuf, fo, ln, f, fs)
+            elif ln >= 12 and avail >= 16:
+                fs[f, F_CLS + pk.CLS_RTP] += 1
+                whole = avail >= ln
+                _rtp_stats(pbuf, fo, ln if whole else avail, f, d, fs, fu, nib, pstats, frame_unit, whole)
+            fs[f, F_FRAMES] += 1
+        pos += 2 + ln
+    fs[f, F_FRAME_NEXT + d] = rel + pos
 
 
 @nb.njit(cache=True, nogil=True)
@@ -881,7 +946,8 @@ class FlowTable:
         return rtp.MediaStats(
             rtp_packets=int(cls[pk.CLS_RTP]),
             rtcp_packets=int(cls[pk.CLS_RTCP]),
-            udp_packets=int(row[F_TOT_PK] + row[F_TOT_PK + 1]) if row[F_PROTO] == 17 else 0,
+            # datagrams on UDP; RFC 4571 frames on TCP
+            udp_packets=int(row[F_TOT_PK] + row[F_TOT_PK + 1]) if row[F_PROTO] == 17 else int(row[F_FRAMES]),
             ssrc_same=int(row[F_SSRC_SAME]),
             seq_ok=int(row[F_SEQ_OK]),
             len_tested=int(row[F_LEN_TESTED]),

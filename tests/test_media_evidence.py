@@ -165,7 +165,7 @@ def _score(streams: Iterable[mc.Stream], flows: dict[tuple[str, int], dict[str, 
         f = flows[(s.proto, s.resp_port)]
         if s.encrypted is False and f["media_encrypted"] is True:
             plain_called_encrypted.append(s.name)
-        if s.proto == "udp" and int(f["rtp_packets"] or 0) >= 50:  # type: ignore[call-overload]
+        if int(f["rtp_packets"] or 0) >= 50:  # type: ignore[call-overload]
             total += 1
             right += f["media_encrypted"] is s.encrypted
     return right, total, plain_called_encrypted
@@ -177,18 +177,20 @@ def test_corpus_streams_decided_right(
     right, total, wrong_way = _score(corpus.streams, corpus_flows)
     assert wrong_way == []
     assert total >= 50
-    assert right >= 0.99 * total, f"{right}/{total} UDP streams of >= 50 packets decided right"
+    assert right >= 0.99 * total, f"{right}/{total} streams of >= 50 packets decided right"
 
 
-def test_rfc4571_rtp_over_tcp_is_never_called_encrypted(
+def test_rfc4571_rtp_over_tcp_is_found_and_decided(
     corpus: mc.Corpus, corpus_flows: dict[tuple[str, int], dict[str, object]]
 ) -> None:
-    """RTP framed on TCP (RFC 4571) is not classified as media yet: no verdict, and never 'encrypted'."""
+    """RTP framed on TCP (RFC 4571): each frame is followed in stream order and judged like a datagram."""
     tcp = [s for s in corpus.streams if s.proto == "tcp"]
     assert len(tcp) == 4
     for s in tcp:
         f = corpus_flows[(s.proto, s.resp_port)]
-        assert f["media_encrypted"] is None, s.name
+        assert f["app"] in ("rtp", "srtp"), s.name
+        assert int(f["rtp_packets"] or 0) >= 50, s.name  # type: ignore[call-overload]
+        assert f["media_encrypted"] is s.encrypted, (s.name, f["media_evidence"])
 
 
 def _first_packets(src: Path, dst: Path, keep: int) -> None:
