@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +18,8 @@ from sensor.lake import LakeWriter, Source, Written, claim_source, files_of_sour
 from sensor.metrics import SensorMetrics
 from sensor.rules.check import Checker, CheckReport
 from sensor.rules.engine import new_findings
+
+QUICK_DIGEST_BYTES = 256 << 20  # captures up to this size are digested before the analysis starts
 
 
 @dataclass
@@ -46,9 +50,14 @@ def analyze_to_lake(
     that source (flows, and the findings that analysis wrote) are deleted after them.
     """
     lake = Path(cfg.sensor.lake)
-    source = Source.of_files(captures)
-    _refuse_unless(replace, lake, source)  # before the work: a refused run costs nothing
-    analysis = Analyzer(cfg, progress=progress).run(captures)
+    # The digest reads every byte (~1 GB/s): beside the analysis, on a thread (hashlib releases the GIL). Up to
+    # QUICK_DIGEST_BYTES it is waited for, so that a refused re-analysis costs nothing.
+    with ThreadPoolExecutor(1, thread_name_prefix="source-digest") as pool:
+        digest = pool.submit(Source.of_files, list(captures))
+        if _total_size(captures) <= QUICK_DIGEST_BYTES:
+            _refuse_unless(replace, lake, digest.result())
+        analysis = Analyzer(cfg, progress=progress).run(captures)
+        source = digest.result()
     with claim_source(lake, source):  # one run per source at a time; the lake exists from here on
         old_flows, old_findings = _refuse_unless(replace, lake, source)
         writer = LakeWriter(lake, cfg.sensor.id, source=source)
@@ -74,6 +83,14 @@ def analyze_to_lake(
             if metrics is not None:
                 metrics.observe_evaluation(report.evaluation.results, report.fresh, checker.broken_files, time.time())
     return RunResult(analysis, written, report, source, replaced)
+
+
+def _total_size(paths: Sequence[Path]) -> int:
+    total = 0
+    for p in paths:
+        with contextlib.suppress(OSError):
+            total += p.stat().st_size
+    return total
 
 
 def _refuse_unless(replace: bool, lake: Path, source: Source) -> tuple[list[Path], list[Path]]:
