@@ -281,3 +281,24 @@ def test_run_x_check(tmp_path: Path) -> None:
 def test_names(name: str) -> None:
     src = source_of(Path(name))
     assert src == (None if name.startswith("sensor") else "0123456789abcdef")
+
+
+def test_large_captures_are_refused_after_the_analysis_and_nothing_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above QUICK_DIGEST_BYTES the digest runs beside the analysis; the refusal comes before any write."""
+    from sensor import pipeline
+    from sensor.config import load_config
+    from sensor.errors import SinkError
+
+    monkeypatch.setattr(pipeline, "QUICK_DIGEST_BYTES", 0)
+    lake = tmp_path / "lake"
+    cfg = load_config(None, env={}, overrides=[f'sensor.lake="{lake}"'])
+    first = pipeline.analyze_to_lake(cfg, [EXAMPLE], rules=False)
+    assert first.source is not None and first.written
+    before = sorted(lake.rglob("*.parquet"))
+    with pytest.raises(SinkError, match="--replace"):
+        pipeline.analyze_to_lake(cfg, [EXAMPLE], rules=False)
+    assert sorted(lake.rglob("*.parquet")) == before
+    again = pipeline.analyze_to_lake(cfg, [EXAMPLE], rules=False, replace=True)
+    assert again.replaced == len(before) and rows(lake, "flows") == first.analysis.table.num_rows
