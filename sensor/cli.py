@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     win.add_argument("--from", dest="start", default=None, metavar="TIME", help="window start (ISO 8601, UTC)")
     k.add_argument("--to", dest="end", default=None, metavar="TIME", help="window end (ISO 8601, UTC; default now)")
     k.add_argument("--json", action="store_true", help="print the findings as JSON lines")
+    k.add_argument(
+        "--sensor",
+        dest="sensors",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only the flow records of this sensor (repeatable; default: every sensor in the lake)",
+    )
 
     r = sub.add_parser("rules", help="list or lint the rule files")
     r.add_argument("action", choices=("list", "lint"))
@@ -154,7 +162,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         cfg, args.captures, metrics=metrics, progress=progress, rules=not args.no_rules, replace=args.replace
     )
     result, written, report = run.analysis, run.written, run.report
-    lake = Path(cfg.sensor.lake)
+    lake = cfg.sensor.lake if cfg.lake.backend == "parquet" else f"ducklake {cfg.lake.catalog}"
     for rep in result.captures:
         for reason in rep.damaged:
             print(
@@ -244,17 +252,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         window = Window(start, parse_time(args.end, "--to") if args.end else now)
     else:
         window = Window()
-    lake = Path(cfg.sensor.lake)
-    if not (lake / "flows").is_dir():
-        raise SensorError(f"lake {lake}: no flows table (run `lync-sensor analyze` or the sensor first)")
-    report = Checker(cfg, rules=args.rules).check_lake(lake, window, now=now)
+    from sensor.lakes import open_lake
+
+    lake = open_lake(cfg)
+    try:
+        if not lake.has_flows():
+            raise SensorError(f"{lake.where('flows')}: no flows table (run `lync-sensor analyze` or the sensor first)")
+        report = Checker(cfg, rules=args.rules).check_lake(lake, window, now=now, sensors=args.sensors)
+    finally:
+        lake.close()
     if args.json:
         for row in report.evaluation.findings.to_pylist():
             print(json.dumps(row, default=str))
     else:
         print(render(report, problems=False))
         if report.written:
-            print(f"Wrote {report.fresh.num_rows:,} new findings to {lake}/findings.")
+            print(f"Wrote {report.fresh.num_rows:,} new findings to {lake.where('findings')}.")
     return _verdict(report)
 
 

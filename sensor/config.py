@@ -393,7 +393,9 @@ def _check_catalog(value: Any) -> str:
     if text.startswith(("postgres:", "postgresql:")):
         dsn = text.split(":", 1)[1].strip()
         if not dsn or not all(re.fullmatch(r"[A-Za-z_]+=\S*", part) for part in dsn.split()):
-            raise _Problem(f"{text!r}: a postgres catalog is postgres:key=value ... (e.g. postgres:dbname=lake host=db)")
+            raise _Problem(
+                f"{text!r}: a postgres catalog is postgres:key=value ... (e.g. postgres:dbname=lake host=db)"
+            )
         return text
     if re.match(r"^[a-z][a-z0-9+]*://", text) or text.startswith(("sqlite:", "mysql:", "ducklake:")):
         raise _Problem(f"{text!r}: a catalog is postgres:key=value ... or a DuckDB file path")

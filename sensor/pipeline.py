@@ -14,10 +14,10 @@ from pathlib import Path
 from sensor.analyze import Analysis, Analyzer, ProgressFn
 from sensor.config import Config
 from sensor.errors import SinkError
-from sensor.lake import LakeWriter, Source, Written, claim_source, files_of_source, remove_files
+from sensor.lake import Source, Written
+from sensor.lakes import Lake, open_lake
 from sensor.metrics import SensorMetrics
 from sensor.rules.check import Checker, CheckReport
-from sensor.rules.engine import new_findings
 
 QUICK_DIGEST_BYTES = 256 << 20  # captures up to this size are digested before the analysis starts
 
@@ -49,39 +49,43 @@ def analyze_to_lake(
     (SinkError, exit 2) unless `replace`: then the new records are written first, and the earlier records of
     that source (flows, and the findings that analysis wrote) are deleted after them.
     """
-    lake = Path(cfg.sensor.lake)
-    # The digest reads every byte (~1 GB/s): beside the analysis, on a thread (hashlib releases the GIL). Up to
-    # QUICK_DIGEST_BYTES it is waited for, so that a refused re-analysis costs nothing.
-    with ThreadPoolExecutor(1, thread_name_prefix="source-digest") as pool:
-        digest = pool.submit(Source.of_files, list(captures))
-        if _total_size(captures) <= QUICK_DIGEST_BYTES:
-            _refuse_unless(replace, lake, digest.result())
-        analysis = Analyzer(cfg, progress=progress).run(captures)
-        source = digest.result()
-    with claim_source(lake, source):  # one run per source at a time; the lake exists from here on
-        old_flows, old_findings = _refuse_unless(replace, lake, source)
-        writer = LakeWriter(lake, cfg.sensor.id, source=source)
-        written = writer.write("flows", analysis.table)
-        new = {w.path for w in written}
-        replaced = remove_files([p for p in old_flows if p not in new])
-        if metrics is not None:
-            metrics.capture_packets.labels("pcap").inc(analysis.packets)
-            metrics.decode_errors.labels("non_ip").inc(analysis.non_ip)
-            metrics.decode_errors.labels("skipped_bytes").inc(sum(c.skipped_bytes for c in analysis.captures))
-            for event, n in analysis.stream.items():
-                metrics.stream_events.labels(event).inc(n)
-            metrics.observe_flows(analysis.table)
-            metrics.last_flush.set(time.time())
+    lake = open_lake(cfg, metrics=metrics)
+    try:
+        # The digest reads every byte (~1 GB/s): beside the analysis, on a thread (hashlib releases the GIL). Up
+        # to QUICK_DIGEST_BYTES it is waited for, so that a refused re-analysis costs nothing.
+        with ThreadPoolExecutor(1, thread_name_prefix="source-digest") as pool:
+            digest = pool.submit(Source.of_files, list(captures))
+            if _total_size(captures) <= QUICK_DIGEST_BYTES:
+                _refuse_unless(replace, lake, digest.result())
+            analysis = Analyzer(cfg, progress=progress).run(captures)
+            source = digest.result()
         report = None
         if rules:
-            # this source's findings go with its flows; findings other runs wrote stay (`check` adds no duplicates)
-            replaced += remove_files(old_findings)
             checker = Checker(cfg)
             report = checker.check_table(analysis.table, lake, now=now or datetime.now(UTC), store=False)
-            fresh = new_findings(lake, report.evaluation.findings)
-            report = dataclasses.replace(report, fresh=fresh, written=writer.write("findings", fresh))
-            if metrics is not None:
-                metrics.observe_evaluation(report.evaluation.results, report.fresh, checker.broken_files, time.time())
+        # one run per source at a time: its flows, and its findings not in the lake yet (`check` adds none twice);
+        # with `replace` the earlier records of the source go
+        written, fresh, findings_written, replaced = lake.store_analysis(
+            cfg.sensor.id,
+            source,
+            analysis.table,
+            report.evaluation.findings if report is not None else None,
+            replace=replace,
+        )
+    finally:
+        lake.close()
+    if metrics is not None:
+        metrics.capture_packets.labels("pcap").inc(analysis.packets)
+        metrics.decode_errors.labels("non_ip").inc(analysis.non_ip)
+        metrics.decode_errors.labels("skipped_bytes").inc(sum(c.skipped_bytes for c in analysis.captures))
+        for event, n in analysis.stream.items():
+            metrics.stream_events.labels(event).inc(n)
+        metrics.observe_flows(analysis.table)
+        metrics.last_flush.set(time.time())
+    if report is not None and fresh is not None:
+        report = dataclasses.replace(report, fresh=fresh, written=findings_written)
+        if metrics is not None:
+            metrics.observe_evaluation(report.evaluation.results, report.fresh, checker.broken_files, time.time())
     return RunResult(analysis, written, report, source, replaced)
 
 
@@ -93,13 +97,10 @@ def _total_size(paths: Sequence[Path]) -> int:
     return total
 
 
-def _refuse_unless(replace: bool, lake: Path, source: Source) -> tuple[list[Path], list[Path]]:
-    """The lake files of an earlier analysis of the same captures; SinkError (exit 2) if any and not `replace`."""
-    flows = files_of_source(lake, "flows", source.id)
-    findings = files_of_source(lake, "findings", source.id)
-    if (flows or findings) and not replace:
+def _refuse_unless(replace: bool, lake: Lake, source: Source) -> None:
+    """SinkError (exit 2) if an earlier analysis of the same captures is in the lake and not `replace`."""
+    if not replace and lake.source_records(source):
         raise SinkError(
-            f"lake {lake}: these capture(s) are in it already (source {source.id}, {len(flows)} flow "
-            "file(s)); give --replace to replace their records"
+            f"{lake.where('flows')}: these capture(s) are in it already (source {source.id}); give --replace to "
+            "replace their records"
         )
-    return flows, findings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,8 +15,9 @@ from sensor.catalogue import Catalogue
 from sensor.config import Config
 from sensor.errors import ConfigError
 from sensor.lake import Written
+from sensor.lakes import Lake, as_lake
 from sensor.rules import context
-from sensor.rules.engine import Evaluation, evaluate, write_findings
+from sensor.rules.engine import Evaluation, evaluate
 from sensor.rules.loader import RuleProblem, default_rules_dir, load_rules
 from sensor.rules.loader import lint as lint_rules
 from sensor.schema import FLOW_SCHEMA
@@ -78,8 +80,8 @@ class Checker:
         """Rule files that could not be loaded (lync_sensor_rule_file_errors)."""
         return len({p.path for p in self.load_problems})
 
-    def _context(self) -> duckdb.DuckDBPyConnection:
-        con = context.connect()
+    def _context(self, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+        con = con or context.connect()
         context.register_site(con, self.cfg, self.topology, self.catalogue)
         return con
 
@@ -95,32 +97,65 @@ class Checker:
     def _run(
         self,
         con: duckdb.DuckDBPyConnection,
-        lake: Path,
+        lake: Lake | Path,
         now: datetime,
         records: int,
         window: context.Window,
         store: bool,
+        attribute: bool = False,
     ) -> CheckReport:
         ev = evaluate(con, self.rules, sensor_id=self.cfg.sensor.id, evaluated_at=now)
         ev.problems = self.load_problems + ev.problems
+        if attribute and ev.findings.num_rows:
+            ev.findings = _attribute(con, ev.findings)
         con.close()
         if store:
-            fresh, written = write_findings(lake, self.cfg.sensor.id, ev.findings)
+            fresh, written = as_lake(lake).write_findings(self.cfg.sensor.id, ev.findings)
         else:
             fresh, written = ev.findings, []
         return CheckReport(ev, fresh, written, records, window)
 
-    def check_table(self, flows: pa.Table, lake: Path, *, now: datetime, store: bool = True) -> CheckReport:
+    def check_table(self, flows: pa.Table, lake: Lake | Path, *, now: datetime, store: bool = True) -> CheckReport:
         con = self._context()
         context.register_flows_from_table(con, flows)
         context.confine(con, [])
         return self._run(con, lake, now, flows.num_rows, context.Window(), store)
 
-    def check_lake(self, lake: Path, window: context.Window, *, now: datetime, store: bool = True) -> CheckReport:
-        con = self._context()
-        records = context.register_flows_from_lake(con, lake, window)
-        context.confine(con, [lake / "flows"])
-        return self._run(con, lake, now, records, window, store)
+    def check_lake(
+        self,
+        lake: Lake | Path,
+        window: context.Window,
+        *,
+        now: datetime,
+        store: bool = True,
+        sensors: Sequence[str] = (),
+    ) -> CheckReport:
+        """Rules over the lake's records in the window (of the given sensors, if any: a fleet lake holds many);
+        each finding names the sensor whose records show it."""
+        lk = as_lake(lake)
+        con = self._context(lk.context_connection())
+        allowed = lk.register_flows(con, window, sensors)
+        row = con.execute("SELECT sum(records) FROM flows").fetchone()
+        records = int(row[0] or 0) if row else 0
+        context.confine(con, [Path(d) for d in allowed])
+        return self._run(con, lk, now, records, window, store, attribute=True)
+
+
+def _attribute(con: duckdb.DuckDBPyConnection, findings: pa.Table) -> pa.Table:
+    """Findings carry the id of the sensor that recorded the flow (a central checker is not that sensor)."""
+    con.register("lync_findings", findings.append_column("lync_i", pa.array(range(findings.num_rows))))
+    try:
+        return (
+            con.sql(
+                "SELECT f.* EXCLUDE (lync_i) REPLACE (coalesce(fl.sensor_id, f.sensor_id) AS sensor_id) "
+                "FROM lync_findings f LEFT JOIN (SELECT uid, any_value(sensor_id) AS sensor_id FROM flows "
+                "GROUP BY uid) fl USING (uid) ORDER BY f.lync_i"
+            )
+            .to_arrow_table()
+            .cast(findings.schema)
+        )
+    finally:
+        con.unregister("lync_findings")
 
 
 def problem_lines(report: CheckReport) -> list[str]:

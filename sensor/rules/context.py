@@ -12,6 +12,7 @@ conn(orig_role, orig_h, orig_p, resp_role, resp_h, resp_p, proto).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,8 +74,35 @@ def register_flows_from_table(con: duckdb.DuckDBPyConnection, table: pa.Table) -
     _flows_view(con)
 
 
-def register_flows_from_lake(con: duckdb.DuckDBPyConnection, lake: Path, window: Window) -> int:
-    """Rules over the lake's flow records that overlap the window; returns the number of records."""
+def record_filter(window: Window, sensors: Sequence[str] = ()) -> list[str]:
+    """The exact bounds of a window (records overlapping it) and the sensor filter, as SQL conditions."""
+    where = ["true"]
+    if window.start is not None:
+        where.append(f"ts_end >= TIMESTAMPTZ '{window.start.isoformat()}'")
+    if window.end is not None:
+        where.append(f"ts < TIMESTAMPTZ '{window.end.isoformat()}'")
+    if sensors:
+        where.append(f"sensor_id IN ({_lit(set(sensors))})")
+    return where
+
+
+def register_flows_from_relation(con: duckdb.DuckDBPyConnection, relation: str, where: Sequence[str]) -> int:
+    """Rules over the flow records of a table or view another backend attached (a DuckLake's `flows`); returns
+    the number of records. Only the flow schema's columns are visible to the rules."""
+    cols = ", ".join(c.name for c in FLOW_COLUMNS)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW flow_records AS SELECT {cols} FROM {relation} WHERE {' AND '.join(where)}"
+    )
+    _flows_view(con)
+    row = con.execute("SELECT sum(records) FROM flows").fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def register_flows_from_lake(
+    con: duckdb.DuckDBPyConnection, lake: Path, window: Window, sensors: Sequence[str] = ()
+) -> int:
+    """Rules over the lake's flow records that overlap the window (and come from the given sensors, if any);
+    returns the number of records."""
     files = list((lake / "flows").glob("date=*/hour=*/*.parquet"))
     if not files:
         con.register("flow_records_arrow", FLOW_SCHEMA.empty_table())
@@ -96,6 +124,8 @@ def register_flows_from_lake(con: duckdb.DuckDBPyConnection, lake: Path, window:
                 f"AND CAST(hour AS INTEGER) <= {h}))"
             )
             where.append(f"ts < TIMESTAMPTZ '{window.end.isoformat()}'")
+        if sensors:
+            where.append(f"sensor_id IN ({_lit(set(sensors))})")
         glob = str(lake / "flows" / "**" / "*.parquet").replace("'", "''")
         con.execute(f"""
             CREATE OR REPLACE TEMP VIEW flow_records AS
