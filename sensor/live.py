@@ -27,7 +27,7 @@ import pyarrow as pa
 from sensor.analyze import Analyzer
 from sensor.config import Config
 from sensor.errors import SensorError, SinkError, SourceError
-from sensor.lake import LakeWriter
+from sensor.lakes import Lake, open_lake
 from sensor.metrics import SensorMetrics
 from sensor.path import PacketPath
 from sensor.rules.check import Checker
@@ -205,7 +205,9 @@ class LiveSensor:
         self.cfg = cfg
         self.builder = Analyzer(cfg, source_name="live")
         self.checker = Checker(cfg, topology=self.builder.topology, catalogue=self.builder.catalogue)
-        self.writer = LakeWriter(self.lake, cfg.sensor.id)
+        if getattr(self, "store", None) is not None:
+            self.store.close()
+        self.store: Lake = open_lake(cfg, metrics=self.metrics)
 
     # ---- signals -----------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -289,6 +291,7 @@ class LiveSensor:
         finally:
             if capture is not None:
                 capture.stop()
+            self.store.close()
             self._write_status(capture)
 
     def _interface_drops(self) -> None:
@@ -352,6 +355,9 @@ class LiveSensor:
         return exported
 
     def _flush_pending(self) -> None:
+        retry = getattr(self.store, "flush", None)
+        if retry is not None:  # a DuckLake's spool: batches the catalog has not taken yet, retried with backoff
+            retry()
         if not self._pending:
             self.metrics.pending_records.set(0)
             return
@@ -368,7 +374,7 @@ class LiveSensor:
         if not guard:
             while self._pending:
                 try:
-                    self.writer.write("flows", self._pending[0])
+                    self.store.write("flows", self._pending[0], sensor_id=self.cfg.sensor.id)
                 except SinkError as exc:
                     self.metrics.lake_write_errors.inc()
                     self._error(str(exc))
@@ -392,13 +398,19 @@ class LiveSensor:
             datetime.fromtimestamp(now, UTC) - timedelta(seconds=self.cfg.live.rule_window),
             datetime.fromtimestamp(now + 1, UTC),
         )
-        report = self.checker.check_lake(self.lake, window, now=datetime.fromtimestamp(now, UTC))
+        try:
+            report = self.checker.check_lake(self.store, window, now=datetime.fromtimestamp(now, UTC))
+        except SinkError as exc:  # a fleet lake's catalog out of reach: the next evaluation tries again
+            self._error(str(exc))
+            return
         self.metrics.observe_evaluation(report.evaluation.results, report.fresh, self.checker.broken_files, now)
         self.status.last_rule_evaluation = now
         for p in report.evaluation.problems:
             self._error(f"rule error: {p}")
 
     def _retention(self, now: float) -> None:
+        if self.store.backend != "parquet":
+            return  # a DuckLake's retention is `lync-sensor lake maintain` (snapshot expiry, file cleanup)
         removed = apply_retention(
             self.lake, days=self.cfg.live.retention_days, max_bytes=self.cfg.live.retention_max_bytes, now=now
         )

@@ -148,6 +148,16 @@ class SensorMetrics:
             "Flow records waiting to be written to the lake (disk guard or write errors).",
             registry=r,
         )
+        self.lake_spool_records = Gauge(
+            "lync_sensor_lake_spool_records",
+            "Records in the local spool of a DuckLake writer, waiting for the catalog (lake.spool).",
+            registry=r,
+        )
+        self.lake_spool_dropped = Counter(
+            "lync_sensor_lake_spool_dropped_records",
+            "Records dropped from a full DuckLake spool (lake.spool_max_records), oldest first.",
+            registry=r,
+        )
         self.capture_running = Gauge("lync_sensor_capture_running", "1 while the capture process runs.", registry=r)
         self.last_flush = Gauge(
             "lync_sensor_last_flush_timestamp_seconds",

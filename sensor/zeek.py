@@ -825,13 +825,16 @@ class ZeekIngest:
 
     # ---- flushing --------------------------------------------------------------------------------------------
     def _flush(self, *, evaluate: bool) -> pa.Table:
-        from sensor.lake import LakeWriter
+        from sensor.lakes import open_lake
 
         rows = self.assembler.take()
         table = to_table(rows, self.problems)
-        lake = Path(self.cfg.sensor.lake)
         if table.num_rows:
-            self._written += LakeWriter(lake, self.cfg.sensor.id).write("flows", table)
+            lake = open_lake(self.cfg, metrics=self.metrics)
+            try:
+                self._written += lake.write("flows", table, sensor_id=self.cfg.sensor.id)
+            finally:
+                lake.close()
             self._keep(table)
         m = self.metrics
         if m is not None:
@@ -859,7 +862,13 @@ class ZeekIngest:
 
         if self._checker is None:
             self._checker = Checker(self.cfg, topology=self.topology, catalogue=self.catalogue)
-        report: CheckReport = self._checker.check_table(table, Path(self.cfg.sensor.lake), now=datetime.now(UTC))
+        from sensor.lakes import open_lake
+
+        lake = open_lake(self.cfg, metrics=self.metrics)
+        try:
+            report: CheckReport = self._checker.check_table(table, lake, now=datetime.now(UTC))
+        finally:
+            lake.close()
         if self.metrics is not None:
             self.metrics.observe_evaluation(
                 report.evaluation.results,
