@@ -168,14 +168,15 @@ class Catalogue:
     """The three reference tables with precomputed lookups; immutable once built."""
 
     __slots__ = (
-        "_ciphers", "_host_prefixes", "_path_prefixes", "_ports", "_ranges", "_server_ports", "_singles",
-        "_web_paths",
+        "_ciphers", "_host_prefixes", "_path_prefixes", "_ports", "_ranges", "_ranked_memo", "_server_ports",
+        "_singles", "_web_paths",
     )  # fmt: skip
 
     def __init__(
         self, ports: Sequence[PortRow], web_paths: Sequence[WebPath], cipher_suites: Sequence[CipherSuite]
     ) -> None:
         self._ports = tuple(ports)
+        self._ranked_memo: dict[tuple[str, int, str | None], tuple[PortRow | None, ...]] = {}
         self._web_paths = tuple(web_paths)
         self._ciphers = {suite.code: suite for suite in cipher_suites}
         # Single listening ports in file order: the first row is the preferred one for a (proto, port).
@@ -248,8 +249,8 @@ class Catalogue:
         proto = proto.lower()
         if proto not in self._ranges:
             return None
-        resp = self._ranked(proto, resp_p, resp_role)
-        orig = self._ranked(proto, orig_p, orig_role)
+        resp = self._ranked_memoised(proto, resp_p, resp_role)
+        orig = self._ranked_memoised(proto, orig_p, orig_role)
         if proto not in _ORIGINATOR_RANGE_PROTOS:
             orig = (orig[0], orig[1], None, None, None)
         for row in (*resp[:3], *orig[:3], resp[3], orig[3], resp[4], orig[4]):
@@ -268,6 +269,15 @@ class Catalogue:
         """uint8[65536] with 1 at every single (non-range) server-side port of `proto` (a fresh copy)."""
         table = self._server_ports.get(proto.lower())
         return table.copy() if table is not None else np.zeros(65536, dtype=np.uint8)
+
+    def _ranked_memoised(self, proto: str, port: int, role: str | None) -> tuple[PortRow | None, ...]:
+        """_ranked, remembered: the catalogue does not change after loading, and a run asks about the same
+        server ports thousands of times (the memo is bounded by ports x roles)."""
+        key = (proto, port, role)
+        hit = self._ranked_memo.get(key)
+        if hit is None:
+            hit = self._ranked_memo[key] = self._ranked(proto, port, role)
+        return hit
 
     def _ranked(
         self, proto: str, port: int, role: str | None

@@ -819,17 +819,24 @@ class FlowTable:
         empty = stream.StreamPrefix(b"", False, False, 0)
         capped = self.fs[gflow, F_CAPPED + gdir]
         sg_all = self.sg  # compaction writes a new table, so this one stays valid for the times
-        group_rows = np.split(order, starts[1:-1])
-        for g, (f, d) in enumerate(zip(gflow.tolist(), gdir.tolist(), strict=True)):
-            off, contig, extent, diff, beyond, base = meta[g].tolist()
+        bounds = starts.tolist()
+        data = out.tobytes()
+        from_start = (isn >= 0).tolist()
+        capped_l = capped.tolist()
+        k = self.stream_k
+        for g, (f, d, (off, contig, extent, diff, beyond, base)) in enumerate(
+            zip(gflow.tolist(), gdir.tolist(), meta.tolist(), strict=True)
+        ):
             prefix = stream.StreamPrefix(
-                out[off : off + contig].tobytes(),
-                from_start=bool(isn[g] >= 0),
-                complete=contig == extent and beyond == 0 and not capped[g] and extent < self.stream_k,
-                differing=diff,
-                times=stream.SegmentTimes(sg_all, group_rows[g], base),
+                data[off : off + contig],
+                from_start[g],
+                contig == extent and beyond == 0 and not capped_l[g] and extent < k,
+                diff,
+                stream.SegmentTimes(sg_all, order, bounds[g], bounds[g + 1], base),
             )
-            pair = result.setdefault(f, [empty, empty])
+            pair = result.get(f)
+            if pair is None:
+                pair = result[f] = [empty, empty]
             pair[d] = prefix
         return {f: (p[0], p[1]) for f, p in result.items()}
 

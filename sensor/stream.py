@@ -292,18 +292,20 @@ class SegmentTimes:
     """When the byte at a stream offset was captured (the first segment that carried it): SIP messages on one
     TCP connection belong to different calls at different times. Built only when asked."""
 
-    __slots__ = ("_base", "_rows", "_sg", "_starts", "_ts")
+    __slots__ = ("_a", "_b", "_base", "_order", "_sg", "_starts", "_ts")
 
-    def __init__(self, sg: npt.NDArray[np.int64], rows: npt.NDArray[np.int64], base: int) -> None:
+    def __init__(self, sg: npt.NDArray[np.int64], order: npt.NDArray[np.int64], a: int, b: int, base: int) -> None:
         self._sg = sg
-        self._rows = rows
+        self._order = order  # the group's segment rows are order[a:b]
+        self._a = a
+        self._b = b
         self._base = base
         self._starts: npt.NDArray[np.int64] | None = None
         self._ts: npt.NDArray[np.int64] | None = None
 
     def __call__(self, offset: int) -> int:
         if self._starts is None:
-            seg = self._sg[self._rows]
+            seg = self._sg[self._order[self._a : self._b]]
             rel = (seg[:, SG_SEQ] - self._base) & 0xFFFFFFFF
             rel = np.where(rel >= 0x80000000, rel - 0x100000000, rel)
             order = np.lexsort((seg[:, SG_TS], rel))  # by offset; the earliest copy first
