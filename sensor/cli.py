@@ -125,6 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=("check", "show"))
     _common(c)
 
+    lk = sub.add_parser("lake", help="a DuckLake fleet lake: maintain it (retention, compaction, sizes) or import")
+    lk.add_argument("action", choices=("maintain", "import"))
+    lk.add_argument("parquet_lake", nargs="?", type=Path, default=None, help="import: the Parquet lake directory")
+    _common(lk)
+    lk.add_argument(
+        "--retention-days",
+        type=int,
+        default=None,
+        help="maintain: delete records older than this many days (default live.retention_days; 0 keeps all)",
+    )
+    lk.add_argument(
+        "--keep-snapshots",
+        default="1d",
+        metavar="DURATION",
+        help="maintain: keep this much time travel, e.g. 1d or 0s; older snapshots and their files go (default 1d)",
+    )
+
     from sensor.zeek import add_commands as add_zeek_commands  # ingest-zeek, zeek-topology
 
     add_zeek_commands(sub, _common)
@@ -337,6 +354,43 @@ def cmd_zeek(args: argparse.Namespace) -> int:
     return run_command(args, _load(args))
 
 
+def cmd_lake(args: argparse.Namespace) -> int:
+    from sensor.lakes import open_lake
+    from sensor.lakes.ducklake import DuckLake
+    from sensor.lakes.maintain import import_parquet, maintain
+    from sensor.rules.check import parse_since
+
+    cfg = _load(args)
+    lake = open_lake(cfg)
+    if not isinstance(lake, DuckLake):
+        raise SensorError('lake maintain/import work on a DuckLake: set [lake] backend = "ducklake" and its catalog')
+    if args.action == "import":
+        if args.parquet_lake is None:
+            raise SensorError("lake import: name the Parquet lake directory to import")
+        done = import_parquet(lake, args.parquet_lake)
+        print(
+            f"Imported {done.get('flows', 0):,} flow records and {done.get('findings', 0):,} findings from "
+            f"{args.parquet_lake} into {lake.where('')}."
+        )
+        return EXIT_OK
+    if args.parquet_lake is not None:
+        raise SensorError("lake maintain takes no directory")
+    now = _now()
+    keep = now - parse_since(args.keep_snapshots, now).start  # type: ignore[operator]
+    days = cfg.live.retention_days if args.retention_days is None else args.retention_days
+    if days < 0:
+        raise SensorError(f"--retention-days {days}: give 0 (keep all) or more")
+    rep = maintain(lake, retention_days=days, keep_snapshots=keep, now=now)
+    deleted = ", ".join(f"{t} {n:,}" for t, n in rep.deleted.items()) or "none (retention off)"
+    print(f"Retention ({days} days): records deleted: {deleted}.")
+    print(f"Compaction: {rep.files_before:,} data files before, {rep.files_after:,} after.")
+    print(f"Snapshots expired: {rep.snapshots_expired:,}; old files removed: {rep.files_removed:,}.")
+    print(f"  {'table':<14} {'sensor':<20} {'files':>7} {'records':>12} {'bytes':>14}")
+    for row in rep.sizes:
+        print(f"  {row.table:<14} {row.sensor or '-':<20} {row.files:>7,} {row.records:>12,} {row.bytes:>14,}")
+    return EXIT_OK
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg.metrics.web_config_file:  # checked here too, not only when --serve starts the exporter
@@ -364,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": cmd_status,
         "ingest-zeek": cmd_zeek,
         "zeek-topology": cmd_zeek,
+        "lake": cmd_lake,
     }
     try:
         return handlers[args.command](args)
