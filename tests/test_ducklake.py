@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -181,10 +182,10 @@ def _flows(rows: list[dict[str, object]]) -> list[str]:
 
 def test_the_same_capture_gives_the_same_flows_and_findings_on_both_backends(catalog: str, tmp_path: Path) -> None:
     parquet = tmp_path / "parquet"
-    code, out, err = finish(cli("analyze", str(EXAMPLE), "--no-progress", "--lake", str(parquet)))
+    code, _, err = finish(cli("analyze", str(EXAMPLE), "--no-progress", "--lake", str(parquet)))
     assert code in (0, 1), err
     dl = ducklake_args(catalog, tmp_path / "data", tmp_path / "local")
-    code2, out2, err2 = finish(cli("analyze", str(EXAMPLE), "--no-progress", *dl))
+    code2, _, err2 = finish(cli("analyze", str(EXAMPLE), "--no-progress", *dl))
     assert code2 == code, err2
     con = duckdb.connect()
     p_flows = con.sql(f"SELECT * FROM read_parquet('{parquet}/flows/**/*.parquet')").to_arrow_table()
@@ -324,7 +325,10 @@ def test_maintain_compacts_expires_and_keeps_results_equal(catalog: str, tmp_pat
     old = NOW - timedelta(days=40)
     lake.write("flows", records("s1", 99, 25, ts=old), sensor_id="s1")
     lake.close()
-    recent = f"SELECT sensor_id, count(*), sum(orig_pkts), min(uid), max(uid) FROM lake.flows WHERE ts > TIMESTAMPTZ '{NOW - timedelta(days=1)}' GROUP BY 1 ORDER BY 1"
+    recent = (
+        "SELECT sensor_id, count(*), sum(orig_pkts), min(uid), max(uid) FROM lake.flows "
+        f"WHERE ts > TIMESTAMPTZ '{NOW - timedelta(days=1)}' GROUP BY 1 ORDER BY 1"
+    )
     before = query(catalog, data, recent)
     files_before = len(list(data.rglob("*.parquet")))
     dl = ducklake_args(catalog, data, tmp_path / "local")
@@ -337,3 +341,27 @@ def test_maintain_compacts_expires_and_keeps_results_equal(catalog: str, tmp_pat
     assert files_after < files_before  # small per-interval files merged, the expired ones removed from disk
     sizes = {line.split()[1]: line.split() for line in out.splitlines() if line.strip().startswith("flows")}
     assert set(sizes) == {"s1", "s2"} and sizes["s1"][3] == "180" and sizes["s2"][3] == "180"
+
+
+# --- the units that run maintenance and the central check -----------------------------------------------------
+
+UNITS = ROOT / "deploy" / "systemd"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.parametrize("name", ["lync-sensor-lake-maintain", "lync-sensor-check"])
+def test_fleet_units_verify(tmp_path: Path, name: str) -> None:
+    for suffix in ("service", "timer"):
+        text = (UNITS / f"{name}.{suffix}").read_text()
+        (tmp_path / f"{name}.{suffix}").write_text(text.replace("/opt/lync-sensor/.venv/bin/lync-sensor", "/bin/true"))
+    service = (UNITS / f"{name}.service").read_text()
+    assert (
+        "ExecStart=/opt/lync-sensor/.venv/bin/lync-sensor " + ("lake maintain" if "maintain" in name else "check")
+        in service
+    )
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / f"{name}.service"), str(tmp_path / f"{name}.timer")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
