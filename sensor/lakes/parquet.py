@@ -58,12 +58,23 @@ class ParquetLake:
                 return written, None, [], replaced
             # this source's findings go with its flows; findings other runs wrote stay (no duplicates)
             replaced += remove_files(old_findings)
-            fresh = new_findings(self.root, findings)
+            fresh = self._new_findings(findings)
             return written, fresh, writer.write("findings", fresh), replaced
 
     def write_findings(self, sensor_id: str, findings: pa.Table) -> tuple[pa.Table, list[Written]]:
-        fresh = new_findings(self.root, findings)
+        fresh = self._new_findings(findings)
         return fresh, LakeWriter(self.root, sensor_id).write("findings", fresh)
+
+    def _new_findings(self, findings: pa.Table) -> pa.Table:
+        """The findings not in the lake yet. Another run replacing its source may delete findings files between
+        the listing and the read: then the lake is read again."""
+        for attempt in range(10):
+            try:
+                return new_findings(self.root, findings)
+            except duckdb.IOException:
+                if attempt == 9:
+                    raise
+        raise AssertionError("unreachable")
 
     def context_connection(self) -> duckdb.DuckDBPyConnection:
         return context.connect()
