@@ -53,10 +53,10 @@ R_FLOW, R_SEQ, R_FIRST, R_LAST, R_PK, R_BY, R_IPBY = 0, 1, 2, 3, 4, 6, 8
 NREC = 10
 
 FL_SYN, FL_FIN, FL_RST = 1, 2, 4
-ST_DONE, ST_NEED_RECORDS, ST_NEED_FLOWS, ST_NEED_TABLE, ST_NEED_SEGS, ST_NEED_ARENA = range(6)
+ST_DONE, ST_NEED_RECORDS, ST_NEED_FLOWS, ST_NEED_TABLE, ST_NEED_SEGS, ST_NEED_ARENA, ST_NEED_REASM = range(7)
 # kernel counters (the `state` array)
-S_NFLOWS, S_NREC, S_HTUSED, S_NONIP, S_FRAGS, S_NSEG, S_ARENA, S_NDG, S_DGARENA = range(9)
-NSTATE = 9
+S_NFLOWS, S_NREC, S_HTUSED, S_NONIP, S_FRAGS, S_NSEG, S_ARENA, S_NDG, S_DGARENA, S_NREASM, S_RBYTES = range(11)
+NSTATE = 11
 # Fact datagrams for the native parsers: flow, direction, time, arena offset, length, kind.
 DG_FLOW, DG_DIR, DG_TS, DG_OFF, DG_LEN, DG_KIND = range(6)
 NDGC = 6
@@ -166,7 +166,11 @@ def process(  # type: ignore[no-untyped-def]
     fcov,
     fstate,
     frag_timeout_ns,
-    scratch,
+    rbuf,
+    roff,
+    rlen,
+    rts,
+    rsrc,
 ):
     """Account packets start.. of one batch. Returns (next index, status); a status other than ST_DONE
     asks the caller to grow the named array and call again from that index.
@@ -189,6 +193,8 @@ def process(  # type: ignore[no-untyped-def]
                 return i, ST_NEED_SEGS
             if state[S_ARENA] + 65536 > arena.shape[0] or state[S_DGARENA] + 65536 > dgarena.shape[0]:
                 return i, ST_NEED_ARENA
+        if state[S_NREASM] + 2 > roff.shape[0] or state[S_RBYTES] + 65536 + 40 > rbuf.shape[0]:
+            return i, ST_NEED_REASM
         fact_mask[i] = 0
         ok, ipver, shi, slo, dhi, dlo, proto, sport, dport, poff, plen, flags, iplen, isfrag, seq, fr, fid = pk.decode(
             buf, offs[i], caplens[i], lts[i]
@@ -197,11 +203,14 @@ def process(  # type: ignore[no-untyped-def]
             state[S_NONIP] += 1
             continue
         ts = tss[i]
-        pbuf = buf
         if isfrag:
             state[S_FRAGS] += 1
             if proto != 6 and proto != 17:
                 continue
+            if not native and proto == 17:
+                fact_mask[i] = 1  # Wireshark reassembles the datagram from every fragment
+                fact_flow[i] = -1
+                fact_dir[i] = 0
             slot = stream.frag_add(
                 fk,
                 fi,
@@ -223,39 +232,17 @@ def process(  # type: ignore[no-untyped-def]
                 ts,
                 frag_timeout_ns,
             )
-            if slot < 0:
-                if not native and proto == 17:
-                    fact_mask[i] = 1  # Wireshark reassembles the datagram from every fragment
-                    fact_flow[i] = -1
-                    fact_dir[i] = 0
-                continue
-            total = fi[slot, stream.FI_TOTAL]
-            for j in range(total):
-                scratch[j] = fdata[slot, j]
-            stream.frag_release(fi, fcov, slot)
-            pbuf = scratch
-            iplen = total + (20 if ipver == 4 else 40)
-            if proto == 6:
-                if total < 20:
-                    continue
-                sport = pk.be16(pbuf, 0)
-                dport = pk.be16(pbuf, 2)
-                seq = pk.be32(pbuf, 4)
-                flags = pbuf[13]
-                poff = (pbuf[12] >> 4) * 4
-                plen = total - poff
-            else:
-                if total < 8:
-                    continue
-                sport = pk.be16(pbuf, 0)
-                dport = pk.be16(pbuf, 2)
-                poff = 8
-                plen = total - 8
-                ulen = pk.be16(pbuf, 4) - 8
-                if 0 <= ulen < plen:
-                    plen = ulen
-            if plen < 0:
-                plen = 0
+            if slot >= 0:
+                # The whole datagram goes into the reassembled batch as a raw IP packet, accounted after this
+                # batch (a second buffer here would cost every packet a reference count: see FlowTable.add).
+                k = state[S_NREASM]
+                stream.emit_datagram(fk, fi, fdata, slot, rbuf, roff, rlen, k, state[S_RBYTES])
+                rts[k] = ts
+                rsrc[k] = i
+                state[S_RBYTES] += rlen[k]
+                state[S_NREASM] = k + 1
+                stream.frag_release(fi, fcov, slot)
+            continue
         # canonical endpoint order so both directions hash alike
         src_low = (shi < dhi) or (shi == dhi and (slo < dlo or (slo == dlo and sport <= dport)))
         if src_low:
@@ -345,55 +332,111 @@ def process(  # type: ignore[no-untyped-def]
                 rel = stream.rel_seq(seq, base)
         if plen <= 0:
             continue
-        cls = pk.classify(pbuf, poff, plen, proto, mtable, mlen)
+        cls = pk.classify(buf, poff, plen, proto, mtable, mlen)
         fs[f, F_CLS + cls] += 1
         if proto == 17:
             if fs[f, F_FIRST_BYTE + d] < 0:
-                fs[f, F_FIRST_BYTE + d] = pbuf[poff]
+                fs[f, F_FIRST_BYTE + d] = buf[poff]
                 fs[f, F_FIRST_CLS + d] = cls
         elif rel == 0 and fs[f, F_ISN + d] >= 0 and fs[f, F_FIRST_BYTE + d] < 0:
             # "first payload byte" is stream offset 0, whatever order the segments came in; unknown when
             # the SYN (and so offset 0) was not seen
-            fs[f, F_FIRST_BYTE + d] = pbuf[poff]
+            fs[f, F_FIRST_BYTE + d] = buf[poff]
             fs[f, F_FIRST_CLS + d] = cls
         if fs[f, F_SEEN_CLS + d] < 0:
             fs[f, F_SEEN_CLS + d] = cls
+        # Calls here pass arrays, and numba counts references to each array passed on every call (two atomic
+        # operations each): the per-packet path of UDP media calls as few functions as it can.
+        if proto == 17 and cls == pk.CLS_RTP:
+            # RTP header statistics, inline (the same as _rtp_stats, which RFC 4571 frames use)
+            ssrc = pk.be32(buf, poff + 8)
+            if fs[f, F_RTP_SSRC + d] < 0:
+                fs[f, F_RTP_SSRC + d] = ssrc
+            if fs[f, F_RTP_SSRC + d] == ssrc:
+                fs[f, F_SSRC_SAME] += 1
+            rseq = pk.be16(buf, poff + 2)
+            last = fs[f, F_SEQ_LAST + d]
+            if last < 0 or rseq == ((last + 1) & 0xFFFF):
+                fs[f, F_SEQ_OK] += 1
+            fs[f, F_SEQ_LAST + d] = rseq
+            pt = buf[poff + 1] & 0x7F
+            if pt < 64:
+                fu[f, U_PT_LO] |= np.uint64(1) << np.uint64(pt)
+            else:
+                fu[f, U_PT_HI] |= np.uint64(1) << np.uint64(pt - 64)
+            hl = rtp.rtp_header_len(buf, poff, plen)
+            rtp.observe_payload(buf, poff, plen, hl, pt, d, pstats, f)
+            unit = frame_unit[pt]
+            if hl > 0 and unit > 0:
+                body = plen - hl
+                if body > 0:
+                    plain_ok = body % unit == 0
+                    tag_ok = (body > 10 and (body - 10) % unit == 0) or (body > 4 and (body - 4) % unit == 0)
+                    if plain_ok != tag_ok:
+                        fs[f, F_LEN_TESTED] += 1
+                        if plain_ok:
+                            fs[f, F_LEN_PLAIN] += 1
+                        else:
+                            fs[f, F_LEN_TAG] += 1
+                if (pt == 0 or pt == 8) and fs[f, F_NIB_PKTS] < 64:
+                    fs[f, F_NIB_PKTS] += 1
+                    for j in range(poff + hl, poff + plen):
+                        nib[f, buf[j] >> 4] += 1
+            if not native:
+                fs[f, F_DATA_PKTS + d] += 1
+            continue
         if native:
-            _native_facts(
-                pbuf, poff, plen, proto, cls, f, d, rel, ts, fs, sg, arena, dg, dgarena, state, stream_k, k_fact, k_sip
-            )
+            if proto == 6 or cls in (pk.CLS_SIP_REQ, pk.CLS_SIP_RESP, pk.CLS_STUN, pk.CLS_STUN_OLD, pk.CLS_DTLS):
+                _native_facts(
+                    buf,
+                    poff,
+                    plen,
+                    proto,
+                    cls,
+                    f,
+                    d,
+                    rel,
+                    ts,
+                    fs,
+                    sg,
+                    arena,
+                    dg,
+                    dgarena,
+                    state,
+                    stream_k,
+                    k_fact,
+                    k_sip,
+                )
         else:
-            _wireshark_facts(pbuf, poff, plen, proto, cls, f, d, i, fs, fact_mask, fact_flow, fact_dir, k_fact, k_sip)
+            _wireshark_facts(buf, poff, plen, proto, cls, f, d, i, fs, fact_mask, fact_flow, fact_dir, k_fact, k_sip)
         if proto == 17:
-            if cls == pk.CLS_RTP:
-                _rtp_stats(pbuf, poff, plen, f, d, fs, fu, nib, pstats, frame_unit)
-            elif cls == pk.CLS_RTCP:
-                _rtcp_stats(pbuf, poff, plen, f, fs)
+            if cls == pk.CLS_RTCP:
+                _rtcp_stats(buf, poff, plen, f, fs)
         elif fs[f, F_FRAME_NEXT + d] != FRAME_OFF:
-            _rfc4571(pbuf, poff, plen, rel, f, d, fs, fu, nib, pstats, frame_unit)
+            _rfc4571(buf, poff, plen, rel, f, d, fs, fu, nib, pstats, frame_unit)
     return n, ST_DONE
 
 
 @nb.njit(cache=True, nogil=True)
-def _rtp_stats(pbuf, poff, plen, f, d, fs, fu, nib, pstats, frame_unit, whole=True):  # type: ignore[no-untyped-def]
+def _rtp_stats(buf, poff, plen, f, d, fs, fu, nib, pstats, frame_unit, whole=True):  # type: ignore[no-untyped-def]
     """Header and payload statistics of one RTP packet (UDP datagram or RFC 4571 frame). A frame cut by the
     segment's end (whole=False) gives its header and first payload bytes, not its length."""
-    ssrc = pk.be32(pbuf, poff + 8)
+    ssrc = pk.be32(buf, poff + 8)
     if fs[f, F_RTP_SSRC + d] < 0:
         fs[f, F_RTP_SSRC + d] = ssrc
     if fs[f, F_RTP_SSRC + d] == ssrc:
         fs[f, F_SSRC_SAME] += 1
-    seq = pk.be16(pbuf, poff + 2)
+    seq = pk.be16(buf, poff + 2)
     if (fs[f, F_SEQ_LAST + d] >= 0 and seq == ((fs[f, F_SEQ_LAST + d] + 1) & 0xFFFF)) or fs[f, F_SEQ_LAST + d] < 0:
         fs[f, F_SEQ_OK] += 1
     fs[f, F_SEQ_LAST + d] = seq
-    pt = pbuf[poff + 1] & 0x7F
+    pt = buf[poff + 1] & 0x7F
     if pt < 64:
         fu[f, U_PT_LO] |= np.uint64(1) << np.uint64(pt)
     else:
         fu[f, U_PT_HI] |= np.uint64(1) << np.uint64(pt - 64)
-    hl = rtp.rtp_header_len(pbuf, poff, plen)
-    rtp.observe_payload(pbuf, poff, plen, hl, pt, d, pstats, f)
+    hl = rtp.rtp_header_len(buf, poff, plen)
+    rtp.observe_payload(buf, poff, plen, hl, pt, d, pstats, f)
     unit = frame_unit[pt]
     if hl > 0 and unit > 0 and whole:
         body = plen - hl
@@ -409,12 +452,12 @@ def _rtp_stats(pbuf, poff, plen, f, d, fs, fu, nib, pstats, frame_unit, whole=Tr
         if (pt == 0 or pt == 8) and fs[f, F_NIB_PKTS] < 64:
             fs[f, F_NIB_PKTS] += 1
             for j in range(poff + hl, poff + plen):
-                nib[f, pbuf[j] >> 4] += 1
+                nib[f, buf[j] >> 4] += 1
 
 
 @nb.njit(cache=True, nogil=True)
-def _rtcp_stats(pbuf, poff, plen, f, fs):  # type: ignore[no-untyped-def]
-    kind = rtp.rtcp_kind(pbuf, poff, plen)
+def _rtcp_stats(buf, poff, plen, f, fs):  # type: ignore[no-untyped-def]
+    kind = rtp.rtcp_kind(buf, poff, plen)
     if kind == 1:
         fs[f, F_RTCP_PLAIN] += 1
     elif kind == 2:
@@ -422,22 +465,22 @@ def _rtcp_stats(pbuf, poff, plen, f, fs):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _rtp_frame_start(pbuf, p, n):  # type: ignore[no-untyped-def]
+def _rtp_frame_start(buf, p, n):  # type: ignore[no-untyped-def]
     """An RFC 4571 frame header at p: a 16-bit length, then an RTP/RTCP version-2 header."""
     if n < 14:
         return False
-    ln = pk.be16(pbuf, p)
-    return 12 <= ln <= 65535 and (pbuf[p + 2] & 0xC0) == 0x80
+    ln = pk.be16(buf, p)
+    return 12 <= ln <= 65535 and (buf[p + 2] & 0xC0) == 0x80
 
 
 @nb.njit(cache=True, nogil=True)
-def _rfc4571(pbuf, poff, plen, rel, f, d, fs, fu, nib, pstats, frame_unit):  # type: ignore[no-untyped-def]
+def _rfc4571(buf, poff, plen, rel, f, d, fs, fu, nib, pstats, frame_unit):  # type: ignore[no-untyped-def]
     """RTP and RTCP framed on TCP (RFC 4571: each packet behind a 16-bit length; [MS-ICE2] TCP candidates).
     Frames are followed in stream order from the direction's first payload; a gap ends the framing."""
     nxt = fs[f, F_FRAME_NEXT + d]
     if nxt == FRAME_UNKNOWN:
         # decide on the direction's first payload segment: it must start with a frame header
-        if not _rtp_frame_start(pbuf, poff, plen):
+        if not _rtp_frame_start(buf, poff, plen):
             fs[f, F_FRAME_NEXT + d] = FRAME_OFF
             return
         nxt = rel
@@ -448,23 +491,23 @@ def _rfc4571(pbuf, poff, plen, rel, f, d, fs, fu, nib, pstats, frame_unit):  # t
         return
     pos = nxt - rel
     while pos + 2 <= plen:
-        ln = pk.be16(pbuf, poff + pos)
+        ln = pk.be16(buf, poff + pos)
         fo = poff + pos + 2
         avail = plen - pos - 2  # bytes of this frame in the segment (a long video frame spans segments)
         if ln >= 8 and avail >= 2:
-            b0 = pbuf[fo]
+            b0 = buf[fo]
             if (b0 & 0xC0) != 0x80:
                 fs[f, F_FRAME_NEXT + d] = FRAME_OFF
                 return
-            b1 = pbuf[fo + 1]
+            b1 = buf[fo + 1]
             if 192 <= b1 <= 223:
                 if avail >= ln:
                     fs[f, F_CLS + pk.CLS_RTCP] += 1
-                    _rtcp_stats(pbuf, fo, ln, f, fs)
+                    _rtcp_stats(buf, fo, ln, f, fs)
             elif ln >= 12 and avail >= 16:
                 fs[f, F_CLS + pk.CLS_RTP] += 1
                 whole = avail >= ln
-                _rtp_stats(pbuf, fo, ln if whole else avail, f, d, fs, fu, nib, pstats, frame_unit, whole)
+                _rtp_stats(buf, fo, ln if whole else avail, f, d, fs, fu, nib, pstats, frame_unit, whole)
             fs[f, F_FRAMES] += 1
         pos += 2 + ln
     fs[f, F_FRAME_NEXT + d] = rel + pos
@@ -472,7 +515,7 @@ def _rfc4571(pbuf, poff, plen, rel, f, d, fs, fu, nib, pstats, frame_unit):  # t
 
 @nb.njit(cache=True, nogil=True)
 def _native_facts(  # type: ignore[no-untyped-def]
-    pbuf, poff, plen, proto, cls, f, d, rel, ts, fs, sg, arena, dg, dgarena, state, stream_k, k_fact, k_sip
+    buf, poff, plen, proto, cls, f, d, rel, ts, fs, sg, arena, dg, dgarena, state, stream_k, k_fact, k_sip
 ):
     """Keep what the native parsers need: TCP segments of the stream prefix, and fact datagrams."""
     if proto == 6:
@@ -488,13 +531,13 @@ def _native_facts(  # type: ignore[no-untyped-def]
                 sg[r, stream.SG_LEN] = plen
                 sg[r, stream.SG_TS] = ts
                 for j in range(plen):
-                    arena[a + j] = pbuf[poff + j]
+                    arena[a + j] = buf[poff + j]
                 state[S_NSEG] = r + 1
                 state[S_ARENA] = a + plen
                 fs[f, F_STORED + d] += plen
                 fs[f, F_SEG_TS] = ts
                 fs[f, F_HAS_SEGS] = 1
-                b0 = pbuf[poff]
+                b0 = buf[poff]
                 if cls == pk.CLS_TLS_REC:
                     # Application data: this side's cleartext handshake is over (keep what comes before it);
                     # ChangeCipherSpec: keep it, and nothing after it.
@@ -540,13 +583,13 @@ def _native_facts(  # type: ignore[no-untyped-def]
     dg[r, DG_LEN] = plen
     dg[r, DG_KIND] = kind
     for j in range(plen):
-        dgarena[a + j] = pbuf[poff + j]
+        dgarena[a + j] = buf[poff + j]
     state[S_NDG] = r + 1
     state[S_DGARENA] = a + plen
 
 
 @nb.njit(cache=True, nogil=True)
-def _wireshark_facts(pbuf, poff, plen, proto, cls, f, d, i, fs, fact_mask, fact_flow, fact_dir, k_fact, k_sip):  # type: ignore[no-untyped-def]
+def _wireshark_facts(buf, poff, plen, proto, cls, f, d, i, fs, fact_mask, fact_flow, fact_dir, k_fact, k_sip):  # type: ignore[no-untyped-def]
     """Mark the packets Wireshark's dissectors need (the `--dissector wireshark` second opinion): the opening
     payload packets of flows that start with a handshake or a request, and SIP/HTTP messages up to a cap."""
     first = fs[f, F_SEEN_CLS]
@@ -572,11 +615,11 @@ def _wireshark_facts(pbuf, poff, plen, proto, cls, f, d, i, fs, fact_mask, fact_
         else:
             want = cls == pk.CLS_STUN or cls == pk.CLS_STUN_OLD or cls == pk.CLS_DTLS
     fs[f, F_DATA_PKTS + d] += 1
-    if cls == pk.CLS_TLS_REC and (pbuf[poff] == 23 or pbuf[poff] == 20):
+    if cls == pk.CLS_TLS_REC and (buf[poff] == 23 or buf[poff] == 20):
         # ChangeCipherSpec or application data: this side's cleartext handshake is over
         if fs[f, F_DATA_PKTS + d] < k_fact:
             fs[f, F_DATA_PKTS + d] = k_fact
-        want = want and pbuf[poff] == 20
+        want = want and buf[poff] == 20
     if want:
         fact_mask[i] = 1
         fact_flow[i] = f
@@ -669,6 +712,12 @@ class FlowTable:
         self.arena = np.zeros(1 << 20 if native else 2, np.uint8)
         self.dg = np.zeros((1024 if native else 2, NDGC), np.int64)
         self.dgarena = np.zeros(1 << 18 if native else 2, np.uint8)
+        # reassembled IP datagrams of the current batch, as raw IP packets (accounted right after the batch)
+        self.rbuf = np.zeros(1 << 17, np.uint8)
+        self.roff = np.zeros(64, np.int64)
+        self.rlen = np.zeros(64, np.int64)
+        self.rts = np.zeros(64, np.int64)
+        self.rsrc = np.zeros(64, np.int64)
 
     @property
     def nflows(self) -> int:
@@ -689,6 +738,35 @@ class FlowTable:
             self._facts_buf = FactPackets(np.zeros(n, np.uint8), np.zeros(n, np.int64), np.zeros(n, np.int8))
         fb = self._facts_buf
         facts = FactPackets(fb.mask[:n], fb.flow[:n], fb.direction[:n])
+        self.state[S_NREASM] = 0
+        self.state[S_RBYTES] = 0
+        self._account(b, facts)
+        k = int(self.state[S_NREASM])
+        if k:
+            # IP datagrams completed in this batch, as raw IP packets with the time of their last fragment
+            nbytes = int(self.state[S_RBYTES])
+            lens = self.rlen[:k].astype(np.int32)
+            mini = Batch(
+                self.rbuf[:nbytes].copy(),
+                self.roff[:k].copy(),
+                lens,
+                lens.copy(),
+                self.rts[:k].copy(),
+                np.full(k, 101, np.int16),  # LINKTYPE_RAW
+            )
+            src = self.rsrc[:k].copy()
+            self.state[S_NREASM] = 0
+            self.state[S_RBYTES] = 0
+            mfacts = FactPackets(np.zeros(k, np.uint8), np.zeros(k, np.int64), np.zeros(k, np.int8))
+            self._account(mini, mfacts)
+            # Wireshark mode: the fragment that completed the datagram carries its flow (Wireshark shows the
+            # reassembled message on that frame)
+            hit = np.flatnonzero(mfacts.mask)
+            facts.flow[src[hit]] = mfacts.flow[hit]
+            facts.direction[src[hit]] = mfacts.direction[hit]
+        return facts
+
+    def _account(self, b: Batch, facts: FactPackets) -> None:
         i = 0
         while True:
             i, status = process(
@@ -731,10 +809,14 @@ class FlowTable:
                 self.frags.cover,
                 self.frags.counters,
                 self.frags.timeout_ns,
-                self.frags.scratch,
+                self.rbuf,
+                self.roff,
+                self.rlen,
+                self.rts,
+                self.rsrc,
             )
             if status == ST_DONE:
-                return facts
+                return
             if status == ST_NEED_RECORDS:
                 self.rec = _grow(self.rec, self.rec.shape[0] * 2)  # type: ignore[assignment]
             elif status == ST_NEED_FLOWS:
@@ -753,6 +835,15 @@ class FlowTable:
                     self.arena = _grow(self.arena, self.arena.shape[0] * 2)  # type: ignore[assignment]
                 if self.state[S_DGARENA] + 65536 > self.dgarena.shape[0]:
                     self.dgarena = _grow(self.dgarena, self.dgarena.shape[0] * 2)  # type: ignore[assignment]
+            elif status == ST_NEED_REASM:
+                if self.state[S_NREASM] + 2 > self.roff.shape[0]:
+                    rows = self.roff.shape[0] * 2
+                    self.roff = _grow(self.roff, rows)  # type: ignore[assignment]
+                    self.rlen = _grow(self.rlen, rows)  # type: ignore[assignment]
+                    self.rts = _grow(self.rts, rows)  # type: ignore[assignment]
+                    self.rsrc = _grow(self.rsrc, rows)  # type: ignore[assignment]
+                if self.state[S_RBYTES] + 65536 + 40 > self.rbuf.shape[0]:
+                    self.rbuf = _grow(self.rbuf, self.rbuf.shape[0] * 2)  # type: ignore[assignment]
             else:
                 self._rehash(self.ht_keys.shape[0] * 2)
 

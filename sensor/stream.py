@@ -135,6 +135,53 @@ def frag_add(fk, fi, fdata, fcov, fstate, shi, slo, dhi, dlo, proto, ipver, fid,
 
 
 @nb.njit(cache=True, nogil=True)
+def emit_datagram(fk, fi, fdata, slot, rbuf, roff, rlen, k, at):  # type: ignore[no-untyped-def]
+    """Write the complete datagram in `slot` at rbuf[at:] as a raw IP packet (a fresh IPv4 or IPv6 header,
+    no fragmentation) and record it as entry k of the reassembled batch."""
+    total = fi[slot, FI_TOTAL]
+    proto = fi[slot, FI_PROTO]
+    p = at
+    if fi[slot, FI_IPVER] == 4:
+        ln = total + 20
+        rbuf[p] = 0x45
+        rbuf[p + 1] = 0
+        field = ln if ln <= 0xFFFF else 0  # 0: the decoder takes the captured length
+        rbuf[p + 2] = (field >> 8) & 0xFF
+        rbuf[p + 3] = field & 0xFF
+        for j in range(4, 9):
+            rbuf[p + j] = 0
+        rbuf[p + 8] = 64
+        rbuf[p + 9] = proto
+        rbuf[p + 10] = 0
+        rbuf[p + 11] = 0
+        src = fk[slot, 1]
+        dst = fk[slot, 3]
+        for j in range(4):
+            rbuf[p + 12 + j] = np.uint8((src >> np.uint64(24 - 8 * j)) & np.uint64(0xFF))
+            rbuf[p + 16 + j] = np.uint8((dst >> np.uint64(24 - 8 * j)) & np.uint64(0xFF))
+        p += 20
+    else:
+        ln = total + 40
+        rbuf[p] = 0x60
+        for j in range(1, 4):
+            rbuf[p + j] = 0
+        field = total if total <= 0xFFFF else 0
+        rbuf[p + 4] = (field >> 8) & 0xFF
+        rbuf[p + 5] = field & 0xFF
+        rbuf[p + 6] = proto
+        rbuf[p + 7] = 64
+        for w in range(4):
+            v = fk[slot, w]
+            for j in range(8):
+                rbuf[p + 8 + 8 * w + j] = np.uint8((v >> np.uint64(56 - 8 * j)) & np.uint64(0xFF))
+        p += 40
+    for j in range(total):
+        rbuf[p + j] = fdata[slot, j]
+    roff[k] = at
+    rlen[k] = ln
+
+
+@nb.njit(cache=True, nogil=True)
 def frag_release(fi, fcov, slot):  # type: ignore[no-untyped-def]
     """Free a completed datagram's slot."""
     _frag_free(fi, fcov, slot)
@@ -151,7 +198,6 @@ class Fragments:
         self.data = np.zeros((capacity, MAX_DATAGRAM), np.uint8)
         self.cover = np.zeros((capacity, MAX_DATAGRAM), np.uint8)
         self.counters = np.zeros(NFSTATE, np.int64)
-        self.scratch = np.zeros(MAX_DATAGRAM, np.uint8)
         self.timeout_ns = int(timeout_s * 1e9)
 
     def report(self) -> dict[str, int]:
