@@ -41,6 +41,7 @@ class CaptureReport:
     packets: int
     damaged: list[str]
     skipped_bytes: int
+    damaged_packets: dict[str, int] = field(default_factory=dict)  # by kind (sources.pcap.ReadStats)
 
 
 @dataclass
@@ -97,7 +98,14 @@ class Analyzer:
                         self.progress(str(reader.path), st.bytes_read, st.file_bytes, path.packets)
                 st = reader.stats
                 reports.append(
-                    CaptureReport(reader.path, reader.format, st.packets, list(st.damaged), st.skipped_bytes)
+                    CaptureReport(
+                        reader.path,
+                        reader.format,
+                        st.packets,
+                        list(st.damaged),
+                        st.skipped_bytes,
+                        dict(st.damaged_packets),
+                    )
                 )
             scanned = time.monotonic()
             path.finish()

@@ -315,6 +315,8 @@ class LiveSensor:
             n = reader.stats.packets
             self.metrics.capture_packets.labels("live").inc(n)
             self.metrics.decode_errors.labels("skipped_bytes").inc(reader.stats.skipped_bytes)
+            for kind, count in reader.stats.damaged_packets.items():
+                self.metrics.decode_errors.labels(kind).inc(count)
             self.status.packets += n
         except SourceError as exc:  # an empty or damaged ring file: count it and go on
             self._error(f"spool file {path.name}: {exc}")

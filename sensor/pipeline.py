@@ -78,6 +78,9 @@ def analyze_to_lake(
         metrics.capture_packets.labels("pcap").inc(analysis.packets)
         metrics.decode_errors.labels("non_ip").inc(analysis.non_ip)
         metrics.decode_errors.labels("skipped_bytes").inc(sum(c.skipped_bytes for c in analysis.captures))
+        for rep in analysis.captures:
+            for kind, n in rep.damaged_packets.items():
+                metrics.decode_errors.labels(kind).inc(n)
         for event, n in analysis.stream.items():
             metrics.stream_events.labels(event).inc(n)
         metrics.observe_flows(analysis.table)

@@ -163,9 +163,10 @@ FLOW_COLUMNS: tuple[Column, ...] = (
     Column(
         "http_path",
         pa.string(),
-        "Path of the first plaintext HTTP request as sent, query string replaced by '?<redacted>'.",
+        "Path template of the first plaintext HTTP request: the web service's prefix as sent, segments naming "
+        "a person or a number as placeholders (<user>, <conference-id>, <number>, <id>), query string '?<redacted>'.",
     ),
-    Column("http_paths", _STRS, "Distinct plaintext HTTP request paths on the flow (query strings redacted)."),
+    Column("http_paths", _STRS, "Distinct plaintext HTTP request path templates on the flow (as http_path)."),
     Column("http_requests", pa.int64(), "Plaintext HTTP requests seen on the flow."),
 )
 

@@ -1044,11 +1044,15 @@ def _ingest(args: argparse.Namespace, cfg: Config) -> int:
     print(render(result.table))
     code = 0
     if result.report is not None:
+        from sensor.rules.check import problem_lines as rule_problem_lines
         from sensor.rules.check import render as render_findings
 
-        print(render_findings(result.report))
-        if result.violations_seen:
-            code = 1
-        elif result.report.evaluation.problems:
+        print(render_findings(result.report, problems=False))
+        for line in rule_problem_lines(result.report):
+            print(line, file=sys.stderr)
+        # as analyze: an incomplete result (a rule could not run) is exit 2, whatever the other rules found
+        if result.report.evaluation.problems:
             code = 2
+        elif result.violations_seen:
+            code = 1
     return code

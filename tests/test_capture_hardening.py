@@ -6,6 +6,7 @@ record boundaries, impossible timestamps and resolutions, oversized lengths, uns
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import subprocess
 import sys
@@ -363,3 +364,33 @@ def test_orig_len_beyond_int32_on_a_fact_packet_end_to_end(tmp_path: Path, disse
         f"FROM read_parquet('{lake}/flows/**/*.parquet', hive_partitioning = true)"
     ).fetchall()
     assert rows == [(84, 1)]
+
+
+def test_damaged_packets_are_counted_by_kind_for_the_metrics(tmp_path: Path) -> None:
+    """The reader's per-kind damage counts reach lync_sensor_decode_errors_total{kind} (pipeline, live)."""
+    from prometheus_client import CollectorRegistry
+
+    from sensor.metrics import SensorMetrics
+    from sensor.pipeline import analyze_to_lake
+    from sensor.sources.pcap import CaptureReader
+    from tests.conftest import default_config
+
+    data = bytearray(sip_pcap())
+    recs = pcap_records(bytes(data))
+    for k in (30, 60):
+        struct.pack_into("<I", data, recs[k].offset, 0)  # 1970 in the middle of 2019
+    path = write(tmp_path, "far.pcap", bytes(data))
+    reader = CaptureReader(path)
+    for _ in reader:
+        pass
+    assert reader.stats.damaged_packets == {"far_timestamp": 2}
+    metrics = SensorMetrics(CollectorRegistry())
+    cfg = default_config()
+    analyze_to_lake(
+        dataclasses.replace(cfg, sensor=dataclasses.replace(cfg.sensor, lake=str(tmp_path / "lake"))),
+        [path],
+        metrics=metrics,
+        rules=False,
+    )
+    value = metrics.registry.get_sample_value("lync_sensor_decode_errors_total", {"kind": "far_timestamp"})
+    assert value == 2

@@ -978,3 +978,30 @@ def test_decompressed_size_cap_cuts_a_file_and_counts_it(tmp_path: Path) -> None
     assert [r["uid"] for r in result.table.to_pylist()] == ["CFollow00000000001"]
     assert result.problems[zs.LONG_LINE] == 1
     assert "1 line(s) longer than the line cap skipped" in zeek.problem_lines(result)
+
+
+def test_ingest_with_a_broken_rule_reports_it_on_stderr_and_exits_2(tmp_path: Path) -> None:
+    """As analyze: a rule that cannot run makes the result incomplete (exit 2 over 1), said on stderr."""
+    import shutil
+
+    from sensor.rules.loader import default_rules_dir
+
+    rules = tmp_path / "rules"
+    shutil.copytree(default_rules_dir(), rules)
+    (rules / "tls" / "R90_broken.sql").write_text(
+        "-- id: R90\n-- title: broken\n-- severity: warning\n-- requirement: x\n-- source: x\n"
+        "SELECT uid, 'x' AS evidence FROM nowhere\n"
+    )
+    lake = str(tmp_path / "lake")
+    r = run(
+        "ingest-zeek",
+        str(DATA / "ssl-tls-1.2"),
+        str(shared("ssl-tls-1.2")),
+        "--lake",
+        lake,
+        "--set",
+        f"sensor.rules={rules}",
+    )
+    assert r.returncode == 2, r.stderr  # R6 still fires (RC4), but the result is incomplete
+    assert re.search(r"R6\s+1\s+0\s+0", r.stdout), r.stdout
+    assert "rule error" not in r.stdout and "R90_broken.sql" in r.stderr

@@ -59,7 +59,13 @@ def parse_requests(data: bytes, *, redact_query: bool) -> list[HttpRequest]:
         parts = start.split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
             break
-        out.append(HttpRequest(parts[0], redact_path(parts[1], redact_query=redact_query), headers.get("host")))
+        out.append(
+            HttpRequest(
+                parts[0],
+                redact_path(parts[1], redact_query=redact_query, host=headers.get("host")),
+                headers.get("host"),
+            )
+        )
         pos = _body_end(data, hdr_end + 4, headers, False)
     return out
 
@@ -74,7 +80,9 @@ def parse_request(data: bytes, *, redact_query: bool) -> HttpRequest | None:
         return None
     hdr_end = data.find(b"\r\n\r\n")
     _, headers = _header_block(data[: hdr_end if hdr_end >= 0 else len(data)])
-    return HttpRequest(parts[0], redact_path(parts[1], redact_query=redact_query), headers.get("host"))
+    return HttpRequest(
+        parts[0], redact_path(parts[1], redact_query=redact_query, host=headers.get("host")), headers.get("host")
+    )
 
 
 def parse_statuses(data: bytes) -> list[int]:

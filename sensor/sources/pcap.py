@@ -92,6 +92,9 @@ class ReadStats:
     file_bytes: int = 0
     damaged: list[str] = field(default_factory=list)
     skipped_bytes: int = 0
+    # packets dropped or repaired for damage, by kind (bad_timestamp, far_timestamp, bad_orig_len, empty_record,
+    # unsupported_linktype): exported as lync_sensor_decode_errors_total{kind}
+    damaged_packets: dict[str, int] = field(default_factory=dict)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -553,6 +556,14 @@ class CaptureReader:
 
     def _summarise(self, cnt: npt.NDArray[np.int64]) -> None:
         c = [int(x) for x in cnt]
+        kinds = (
+            ("bad_timestamp", C_BAD_TS),
+            ("far_timestamp", C_FAR_TS),
+            ("bad_orig_len", C_ORIG),
+            ("empty_record", C_ZERO),
+            ("unsupported_linktype", C_UNSUP),
+        )
+        self.stats.damaged_packets = {kind: c[col] for kind, col in kinds if c[col]}
         if c[C_BAD_TS]:
             self.stats.damaged.append(
                 f"{_packets(c[C_BAD_TS])} skipped: timestamp beyond what int64 nanoseconds hold (negative or "
