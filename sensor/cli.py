@@ -168,7 +168,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     progress = None if (args.no_progress or not cfg.sensor.progress) else Progress()
-    metrics = SensorMetrics()
+    metrics = SensorMetrics(sensor_id=cfg.sensor.id, site=cfg.sensor.site)
     server = None
     if args.serve:
         from sensor.exporter import MetricsServer
@@ -316,7 +316,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.bpf is not None:
         args.overrides.append(f"live.bpf={json.dumps(args.bpf)}")
     cfg = _load(args)
-    metrics = SensorMetrics()
+    metrics = SensorMetrics(sensor_id=cfg.sensor.id, site=cfg.sensor.site)
     server = MetricsServer(metrics.registry, cfg.metrics).start()
     sensor = LiveSensor(cfg, metrics=metrics, reload=lambda: _load(args), capture=not args.spool_only)
     signal.signal(signal.SIGTERM, lambda *_: sensor.request_stop())

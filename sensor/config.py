@@ -48,6 +48,7 @@ class SensorSettings:
     """[sensor]: who this sensor is, where it writes, and the bounds that keep its memory flat."""
 
     id: str = "sensor"
+    site: str = ""  # the site label of every metric, for the fleet view; "" = "default"
     lake: str = "./lake"
     interval: int = 60
     idle_timeout: int = 120
@@ -492,6 +493,7 @@ _SCHEMA = _Table(
             {
                 # The id names files in the lake (<sensor>-<seq>.parquet), so it stays filename-safe.
                 "id": _string(r"[A-Za-z0-9][A-Za-z0-9._-]*", "may hold only letters, digits, '.', '_', '-'"),
+                "site": _string_or_empty(),
                 "lake": _string(),
                 "interval": _integer(1, 3600),
                 "idle_timeout": _integer(1, 86_400),

@@ -2,17 +2,21 @@
 
 Labels come from bounded sets: Lync role names (the config's known roles, 'client', 'external'), the
 application names of the flow schema, TLS version names, rule ids and severities. Addresses never
-become labels.
+become labels. Every series also carries the sensor's constant labels `sensor` (sensor.id) and `site`
+(sensor.site, "" = "default"): one value each per sensor, so a fleet's Prometheus tells sensors apart
+by what they are, not only by their scrape address.
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 
 import duckdb
 import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from sensor import __version__
 from sensor.schema import APP_VALUES, TLS_VERSIONS
@@ -22,6 +26,8 @@ ROLES = (*KNOWN_ROLES, "client", "external")
 SEVERITIES = ("violation", "warning", "info")
 RULE_IDS = tuple(f"R{i}" for i in range(1, 18))
 NO_APP = "none"
+CONSTANT_LABELS = ("sensor", "site")
+DEFAULT_SITE = "default"
 
 
 def _bounded(value: object, allowed: Iterable[str], other: str = "other") -> str:
@@ -29,12 +35,49 @@ def _bounded(value: object, allowed: Iterable[str], other: str = "other") -> str
     return v if v in allowed else other
 
 
-class SensorMetrics:
-    """The sensor's metrics on one registry (injected, so tests use their own)."""
+def constant_labels(sensor_id: str, site: str = "") -> dict[str, str]:
+    """The labels every series of one sensor carries: its id and its site ("" = "default")."""
+    return {"sensor": sensor_id, "site": site or DEFAULT_SITE}
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
+
+class ConstantLabels(Collector):
+    """Every metric of an inner registry, each sample with the given constant labels added.
+
+    prometheus_client has no constant labels; wrapping the registry keeps the metric objects (and every
+    caller's `.inc()`/`.set()`) unchanged while the exposition names the sensor on every series."""
+
+    def __init__(self, inner: CollectorRegistry, labels: Mapping[str, str]) -> None:
+        self.inner = inner
+        self.labels = dict(labels)
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.inner.collect():
+            out = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            out.samples = [s._replace(labels={**s.labels, **self.labels}) for s in metric.samples]
+            yield out
+
+
+class SensorRegistry(CollectorRegistry):
+    """The registry a sensor serves: its metrics under its constant labels. `get_sample_value` reads this
+    sensor's sample when the constant labels are left out."""
+
+    def __init__(self, labels: Mapping[str, str]) -> None:
+        super().__init__(auto_describe=True)
+        self.constant_labels = dict(labels)
+
+    def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        return super().get_sample_value(name, {**self.constant_labels, **(labels or {})})
+
+
+class SensorMetrics:
+    """The sensor's metrics on one registry (injected, so tests use their own), every series labelled with
+    the sensor's id and site."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, sensor_id: str = "sensor", site: str = "") -> None:
+        labels = constant_labels(sensor_id, site)
+        self.registry = registry if registry is not None else SensorRegistry(labels)
+        r = CollectorRegistry(auto_describe=True)  # the metric objects; exposed through the wrapper below
+        self.registry.register(ConstantLabels(r, labels))
         flow_labels = ("orig_role", "resp_role", "app")
         self.packets = Counter(
             "lync_sensor_packets", "Packets accounted to flows, by role pair and application.", flow_labels, registry=r
