@@ -17,27 +17,10 @@ import numpy as np
 import numpy.typing as npt
 
 from sensor.errors import ConfigError
+from sensor.roles import ANY, CATALOGUE_ROLES, CLIENT, EXTERNAL, family
+from sensor.schema import TLS_VERSIONS
 
 # Vocabularies of the data files. The values themselves (which port, which path) live in sensor/data/*.csv.
-# Role names as sensor.topology names them, plus "client" and "any" (a row that fits whatever listens).
-ROLES = frozenset(
-    {
-        "front_end", "standard_edition", "director", "mediation", "edge_internal", "edge_external",
-        "edge_external_access", "edge_external_webconf", "edge_external_av", "persistent_chat",
-        "office_web_apps", "reverse_proxy", "pstn_gateway", "e911_gateway", "sba", "trusted_application",
-        "client", "any",
-    }
-)  # fmt: skip
-# A role and its family match each other, the exact role first: a consolidated Edge tagged "edge_external"
-# matches the Access/Web Conferencing/A/V Edge rows, and a Standard Edition server the Front End rows.
-ROLE_FAMILY: Mapping[str, str] = MappingProxyType(
-    {
-        "edge_external_access": "edge_external",
-        "edge_external_webconf": "edge_external",
-        "edge_external_av": "edge_external",
-        "standard_edition": "front_end",
-    }
-)
 PROTOS = ("tcp", "udp")
 # `required` holds one or more of these joined by "|": each applies to a part of the row's traffic
 # (e.g. "MTLS|TLS" = MTLS between servers, TLS from clients); the row's note says which.
@@ -63,7 +46,6 @@ MATCH_KINDS = frozenset({"path", "host"})
 DOC_SCHEMES = frozenset({"https", "http", "http+https", "(path only)"})
 CIPHER_CLASSES = frozenset({"null", "rc4", "des", "export", "3des", "sslv2", "strong"})
 FIPS_VALUES = frozenset({"yes", "derived", "no"})
-TLS_VERSIONS = frozenset({"SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"})
 # Source tags of lync-reference.md §0, plus IANA for code points the reference does not list.
 SOURCE_TAGS = frozenset(
     {
@@ -79,7 +61,7 @@ _RULE = re.compile(r"R[0-9]+")
 _TAG = re.compile(r"\[([A-Za-z0-9-]+)\]")
 _CODE = re.compile(r"0x(?:[0-9A-F]{4}|[0-9A-F]{6})")
 # Flow roles that are not a server (sensor.topology gives "client" or "external" to hosts without a role).
-_NOT_SERVER = frozenset({"client", "external", "any", ""})
+_NOT_SERVER = frozenset({CLIENT, EXTERNAL, ANY, ""})
 _ORIGINATOR_RANGE_PROTOS = frozenset({"udp"})
 _NO_OVERRIDES: Mapping[str, tuple[int, int]] = MappingProxyType({})
 
@@ -92,7 +74,7 @@ class PortRow:
     proto: str  # tcp or udp
     port_lo: int
     port_hi: int  # equal to port_lo for a single port
-    role: str  # the listening (server-side) role, one of ROLES
+    role: str  # the listening (server-side) role, one of sensor.roles.CATALOGUE_ROLES
     service: str  # short stable name shown in the flows table and used in rules
     app_proto: str  # SIP, PSOM, HTTPS, HTTP, RTP, STUN/MS-TURN, XMPP, ...
     doc_label: str  # the doc's label, verbatim
@@ -192,7 +174,7 @@ class Catalogue:
         for proto in PROTOS:
             table = np.zeros(65536, dtype=np.uint8)
             for (p, port), rows in self._singles.items():
-                if p == proto and any(r.role != "client" for r in rows):
+                if p == proto and any(r.role != CLIENT for r in rows):
                     table[port] = 1
             table.flags.writeable = False
             self._server_ports[proto] = table
@@ -284,14 +266,14 @@ class Catalogue:
     ) -> tuple[PortRow | None, PortRow | None, PortRow | None, PortRow | None, PortRow | None]:
         """Best (single of the role, single any, range of the role, range of role "any", range of other role).
 
-        "Of the role" = the exact role, else one of its family (ROLE_FAMILY). For a server role, a range of
+        "Of the role" = the exact role, else one of its family (sensor.roles.ROLE_FAMILY). For a server role, a range of
         role "any" ("all internal servers") counts as the role's own, and a range of another role (a client
         range) does not count at all.
         """
-        family = ROLE_FAMILY.get(role, role) if role else None
+        role_family = family(role) if role else None
         singles = self._singles.get((proto, port), ())
         single_role = next((r for r in singles if r.role == role), None) or next(
-            (r for r in singles if ROLE_FAMILY.get(r.role, r.role) == family), None
+            (r for r in singles if family(r.role) == role_family), None
         )
         single_any = singles[0] if singles else None
         range_exact = range_family = range_any = range_other = None
@@ -300,9 +282,9 @@ class Catalogue:
                 continue
             if r.role == role:
                 range_exact = range_exact or r
-            elif ROLE_FAMILY.get(r.role, r.role) == family:
+            elif family(r.role) == role_family:
                 range_family = range_family or r
-            elif r.role == "any":
+            elif r.role == ANY:
                 range_any = range_any or r
             else:
                 range_other = range_other or r
@@ -446,7 +428,7 @@ def _port_row(record: dict[str, str], fail: _Fail) -> PortRow:
         proto=_one_of(record, "proto", PROTOS, fail),
         port_lo=lo,
         port_hi=hi,
-        role=_one_of(record, "role", ROLES, fail),
+        role=_one_of(record, "role", CATALOGUE_ROLES, fail),
         service=_matches(record, "service", _SLUG, fail),
         app_proto=record["app_proto"],
         doc_label=record["doc_label"],

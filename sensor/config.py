@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any, TypeAlias
 
 from sensor.errors import ConfigError
-from sensor.topology import GATEWAY_ROLES, KNOWN_ROLES, parse_address, parse_network
+from sensor.roles import GATEWAY_ROLES, KNOWN_ROLES, parse_address, parse_network
 
 ENV_PREFIX = "LYNC_SENSOR_"
 # Read by the CLI (which config file to load), not a config key.

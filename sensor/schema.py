@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import pyarrow as pa
 
@@ -188,19 +190,23 @@ APP_VALUES: tuple[str, ...] = (
     "sslv2",
     "dtls",
 )
-TLS_VERSIONS: tuple[str, ...] = ("SSLv2", "SSLv3", "TLSv10", "TLSv11", "TLSv12", "TLSv13")
-
-
-def tls_version_name(code: int) -> str | None:
-    """Map a wire version (0x0002, 0x0300 .. 0x0304) to the schema's name; None for unknown codes."""
-    return {
+# The one spelling of TLS/SSL versions, as the lake, the rules and the metrics hold them: wire code -> name.
+TLS_VERSION_CODES: Mapping[int, str] = MappingProxyType(
+    {
         0x0002: "SSLv2",
         0x0300: "SSLv3",
         0x0301: "TLSv10",
         0x0302: "TLSv11",
         0x0303: "TLSv12",
         0x0304: "TLSv13",
-    }.get(code)
+    }
+)
+TLS_VERSIONS: tuple[str, ...] = tuple(TLS_VERSION_CODES.values())
+
+
+def tls_version_name(code: int) -> str | None:
+    """Map a wire version (0x0002, 0x0300 .. 0x0304) to the schema's name (TLSv12); None for unknown codes."""
+    return TLS_VERSION_CODES.get(code)
 
 
 def describe(column: str) -> str:

@@ -3,88 +3,29 @@
 from __future__ import annotations
 
 import functools
-import ipaddress
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING
+
+from sensor.roles import (
+    CLIENT,
+    EXTERNAL,
+    KNOWN_ROLES,
+    SERVER_ROLES,
+    IPAddress,
+    IPNetwork,
+    parse_address,
+    parse_network,
+)
 
 if TYPE_CHECKING:
     from sensor.config import Config
 
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+# KNOWN_ROLES stays importable from here for sensor.metrics until it imports sensor.roles.
+__all__ = ["EXTERNAL_ZONE", "INTERNAL_ZONE", "KNOWN_ROLES", "PERIMETER_ZONE", "Topology"]
 
-# Role names a site may give addresses. The order breaks ties when one prefix is listed under two roles
-# (a Front End with a collocated Mediation Server is "front_end"). Reference §2-§4.
-KNOWN_ROLES: tuple[str, ...] = (
-    "front_end",
-    "standard_edition",
-    "director",
-    "mediation",
-    "edge_internal",
-    "edge_external",
-    "edge_external_access",
-    "edge_external_webconf",
-    "edge_external_av",
-    "persistent_chat",
-    "sba",
-    "office_web_apps",
-    "reverse_proxy",
-    "pstn_gateway",
-    "e911_gateway",
-    "trusted_application",  # RCC line server / trusted application on TCP 5060, exception E1
-)
-
-# Reference §7 "server set": FE/SE, Director, Mediation, Edge internal, PChat, SBA/SBS, OWAS; plus the Edge
-# external interface, which is the same server seen from outside.
-SERVER_ROLES: frozenset[str] = frozenset(
-    {
-        "front_end",
-        "standard_edition",
-        "director",
-        "mediation",
-        "edge_internal",
-        "persistent_chat",
-        "sba",
-        "office_web_apps",
-        "edge_external",
-        "edge_external_access",
-        "edge_external_webconf",
-        "edge_external_av",
-    }
-)
-GATEWAY_ROLES: frozenset[str] = frozenset({"pstn_gateway", "e911_gateway"})
-
-CLIENT = "client"  # an internal address that holds no role
-EXTERNAL = "external"  # any other address
 INTERNAL_ZONE = "internal"
 PERIMETER_ZONE = "perimeter"
 EXTERNAL_ZONE = "external"
-
-
-def parse_address(text: str) -> IPAddress:
-    """Parse an IPv4 or IPv6 address; an IPv4-mapped IPv6 address (::ffff:a.b.c.d) becomes IPv4."""
-    addr = ipaddress.ip_address(text.strip())
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
-def parse_network(text: str) -> IPNetwork:
-    """Parse an address or CIDR (host bits zero) into a network; ValueError says what is wrong."""
-    text = text.strip()
-    if "/" not in text:
-        return ipaddress.ip_network(parse_address(text))
-    try:
-        net = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        if "host bits set" in str(exc):
-            loose = ipaddress.ip_network(text, strict=False)
-            raise ValueError(f"{text!r} has host bits set (the network is {loose})") from None
-        raise ValueError(f"{text!r} is not an IP address or CIDR") from None
-    mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
-    if mapped is not None and net.prefixlen >= 96:
-        return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
-    return net
 
 
 class _PrefixTable:

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sensor.catalogue import ROLES, Catalogue, PortRow
+from sensor.catalogue import Catalogue, PortRow
 from sensor.errors import ConfigError
+from sensor.roles import CATALOGUE_ROLES
+from sensor.schema import TLS_VERSIONS, tls_version_name
 
 # CI clones main with shared/ beside it, as the work tree is laid out.
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "lync-reference.md"
@@ -46,7 +48,7 @@ def test_tables_load_and_validate(cat: Catalogue) -> None:
     assert len(cat.rows()) > 100
     assert len(cat.web_paths()) > 25
     assert len(cat.cipher_suites()) > 50
-    assert {r.role for r in cat.rows()} <= ROLES
+    assert {r.role for r in cat.rows()} <= CATALOGUE_ROLES
     keys = [(r.id, r.proto) for r in cat.rows()]
     assert len(keys) == len(set(keys))
     assert all(0 <= r.port_lo <= r.port_hi <= 65535 for r in cat.rows())
@@ -298,6 +300,16 @@ def test_unknown_web_path(cat: Catalogue) -> None:
 def test_cipher_classes(cat: Catalogue, code: str, klass: str, fips: str) -> None:
     suite = cat.cipher(code)
     assert suite is not None and (suite.class_, suite.fips) == (klass, fips)
+
+
+def test_cipher_min_versions_use_the_lake_spelling(cat: Catalogue) -> None:
+    """One spelling of TLS versions: the cipher data's min_version is a name the lake and the rules hold (TLSv12,
+    not TLSv1.2), so a rule can compare it with flows.tls_version."""
+    versions = {c.min_version for c in cat.cipher_suites()}
+    assert versions <= set(TLS_VERSIONS)
+    assert {"TLSv10", "TLSv12", "TLSv13"} <= versions
+    assert cat.cipher(0xC030).min_version == tls_version_name(0x0303) == "TLSv12"  # type: ignore[union-attr]
+    assert cat.cipher(0x1303).min_version == tls_version_name(0x0304) == "TLSv13"  # type: ignore[union-attr]
 
 
 def test_cipher_lookup_forms(cat: Catalogue) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from sensor.config import load_config
-from sensor.topology import GATEWAY_ROLES, KNOWN_ROLES, SERVER_ROLES, Topology, parse_address, parse_network
+from sensor.roles import GATEWAY_ROLES, KNOWN_ROLES, SERVER_ROLES, parse_address, parse_network
+from sensor.topology import Topology
 
 EXAMPLE = """\
 [topology.roles]
@@ -163,6 +164,30 @@ def test_role_sets_follow_the_reference() -> None:
     assert SERVER_ROLES.issubset(KNOWN_ROLES) and GATEWAY_ROLES.issubset(KNOWN_ROLES)
     assert not SERVER_ROLES & GATEWAY_ROLES
     assert "trusted_application" not in SERVER_ROLES
+
+
+def test_one_role_vocabulary() -> None:
+    """Every role set is drawn from KNOWN_ROLES in sensor.roles: families, Edge interfaces, gateway peers, the
+    catalogue's roles and the roles an address can be given."""
+    from sensor.catalogue import Catalogue
+    from sensor.roles import (
+        ADDRESS_ROLES,
+        CATALOGUE_ROLES,
+        CLIENT,
+        EDGE_EXTERNAL_ROLES,
+        EXTERNAL,
+        GATEWAY_PEER_ROLES,
+        ROLE_FAMILY,
+        family,
+    )
+
+    assert set(ROLE_FAMILY) | set(ROLE_FAMILY.values()) <= set(KNOWN_ROLES)
+    assert set(EDGE_EXTERNAL_ROLES) <= SERVER_ROLES and set(GATEWAY_PEER_ROLES) <= SERVER_ROLES
+    assert {family(r) for r in EDGE_EXTERNAL_ROLES} == {"edge_external"}
+    assert family("standard_edition") == "front_end" and family("mediation") == "mediation"
+    assert {*KNOWN_ROLES, CLIENT, "any"} == CATALOGUE_ROLES
+    assert (*KNOWN_ROLES, CLIENT, EXTERNAL) == ADDRESS_ROLES and len(set(ADDRESS_ROLES)) == len(ADDRESS_ROLES)
+    assert {r.role for r in Catalogue.load().rows()} <= CATALOGUE_ROLES
 
 
 def test_is_server(topology: Topology) -> None:

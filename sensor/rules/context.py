@@ -20,13 +20,13 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from sensor.catalogue import ROLE_FAMILY, Catalogue
+from sensor.catalogue import Catalogue
 from sensor.config import Config
+from sensor.roles import EDGE_EXTERNAL_ROLES, GATEWAY_PEER_ROLES, GATEWAY_ROLES, ROLE_FAMILY, SERVER_ROLES
 from sensor.schema import FLOW_COLUMNS, FLOW_SCHEMA
-from sensor.topology import GATEWAY_ROLES, SERVER_ROLES, Topology
+from sensor.topology import Topology
 
 SUMMED = ("orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes")
-EDGE_EXTERNAL_ROLES = ("edge_external", "edge_external_access", "edge_external_webconf", "edge_external_av")
 # The evidence bar for a plain-media violation (R7, R8(a)); documented in queries/README.md.
 PLAIN_MEDIA_CONFIDENCE = 0.8
 PLAIN_MEDIA_PACKETS = 10
@@ -190,10 +190,11 @@ def register_site(con: duckdb.DuckDBPyConnection, cfg: Config, topology: Topolog
     con.execute(f"CREATE OR REPLACE TEMP MACRO family(r) AS CASE r {family} ELSE r END")
     # Exception E2's scope, one definition for R2 and R8: a gateway (PSTN or E9-1-1) on one side, a Mediation
     # Server, a branch appliance or a Front End (collocated Mediation Server) on the other.
+    peers = _lit(GATEWAY_PEER_ROLES)
     con.execute(
         "CREATE OR REPLACE TEMP MACRO gateway_leg(orole, rrole) AS "
-        "(is_gateway(orole) AND (rrole IN ('mediation', 'sba') OR family(rrole) = 'front_end')) "
-        "OR (is_gateway(rrole) AND (orole IN ('mediation', 'sba') OR family(orole) = 'front_end'))"
+        f"(is_gateway(orole) AND (rrole IN ({peers}) OR family(rrole) = 'front_end')) "
+        f"OR (is_gateway(rrole) AND (orole IN ({peers}) OR family(orole) = 'front_end'))"
     )
     # The one evidence bar for convicting plain media (R7, R8(a)): a verdict of confidence >= 0.8 (SDP, the
     # RTCP chain or the codec frame length) over at least 10 packets; anything weaker, or unknown, is a warning.
