@@ -261,6 +261,10 @@ class _Handler(WSGIRequestHandler):
         if len(self.raw_requestline) > 65536:
             self.send_error(414)
             return
+        if not self.raw_requestline.endswith(b"\n"):
+            # end of stream before the request line ended: the client hung up (or reset) mid-request
+            self.server.count_dropped(self.client_address, "client hung up before its request line ended")
+            return
         if not self.parse_request():
             return
         wfile: Any = self.wfile
