@@ -142,6 +142,7 @@ def test_amtool_check_config() -> None:
         (["severity=warning", "alertname=LyncSensorCaptureDrops"], "ticket"),
         (["severity=info", "alertname=LyncProtectionInfo", "rule_id=R16"], "chat"),
         (["alertname=SomethingElse"], "ticket"),
+        (["severity=critical", "alertname=LyncPlaintextSIP", "rule_id=R2", "sensor=edge-1", "site=dmz"], "pager"),
     ],
 )
 def test_alertmanager_routes(labels: list[str], receiver: str) -> None:
@@ -149,9 +150,11 @@ def test_alertmanager_routes(labels: list[str], receiver: str) -> None:
     assert out.split() == [receiver]
 
 
-def test_alertmanager_groups_by_alertname_and_rule_id() -> None:
+def test_alertmanager_groups_by_alertname_rule_id_and_sensor() -> None:
     route = yaml.safe_load(AM_CONFIG.read_text(encoding="utf-8"))["route"]
-    assert route["group_by"] == ["alertname", "rule_id"]
+    assert route["group_by"] == ["alertname", "rule_id", "site", "sensor"]
+    for child in route["routes"]:
+        assert {"site", "sensor"} <= set(child.get("group_by", route["group_by"])), child["receiver"]
 
 
 # --- inhibition, on a real Alertmanager -------------------------------------------------------------------------
@@ -212,7 +215,8 @@ def _alert(alertname: str, severity: str, family: str, **labels: str) -> dict[st
 
 def test_inhibition_rules(alertmanager: str) -> None:
     job = {"job": "lync-sensor"}
-    a, b = {**job, "instance": "sensor-a:9477"}, {**job, "instance": "sensor-b:9477"}
+    a = {**job, "instance": "sensor-a:9477", "sensor": "sensor-a", "site": "hq"}
+    b = {**job, "instance": "sensor-b:9477", "sensor": "sensor-b", "site": "dmz"}
     alerts = {
         "down-a": _alert("LyncSensorDown", "critical", "health", **a),
         "sip-a": _alert("LyncPlaintextSIP", "critical", "signaling", rule_id="R2", **a),
@@ -254,6 +258,41 @@ def test_inhibition_rules(alertmanager: str) -> None:
     while {k for k, v in muted().items() if v} != expected_muted and time.monotonic() < deadline:
         time.sleep(0.2)
     assert {k for k, v in muted().items() if v} == expected_muted
+
+
+def test_alertmanager_notifies_each_sensor_apart(alertmanager: str) -> None:
+    """The same alert and rule on two sensors of the fleet: two groups (two pages), each naming its sensor."""
+    batch = [
+        _alert(
+            "LyncPlaintextSIP",
+            "critical",
+            "signaling",
+            rule_id="R2",
+            job="lync-sensor",
+            instance=i,
+            sensor=s,
+            site=site,
+        )
+        for i, s, site in (("a:9477", "pool-a", "hq"), ("b:9477", "edge-1", "dmz"), ("c:9477", "pool-c", "hq"))
+    ]
+    req = urllib.request.Request(
+        f"{alertmanager}/api/v2/alerts",
+        data=json.dumps(batch).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 200
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(f"{alertmanager}/api/v2/alerts/groups", timeout=5) as resp:
+            groups = json.load(resp)
+        got = sorted((g["receiver"]["name"], g["labels"].get("sensor"), len(g["alerts"])) for g in groups)
+        if len(got) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert got == [("pager", "edge-1", 1), ("pager", "pool-a", 1), ("pager", "pool-c", 1)]
+    assert {g["labels"]["site"] for g in groups} == {"hq", "dmz"}
 
 
 # --- conventions of the rules file ------------------------------------------------------------------------------
@@ -299,6 +338,10 @@ def test_compliance_alerts_read_rule_violations_of_known_rules() -> None:
         assert f'severity="{RULE_SEVERITY[sev]}"' in expr, f"{name} ({sev}): must select the {RULE_SEVERITY[sev]}s"
         assert re.search(r"by \([^)]*\brule_id\b", expr), f"{name}: rule_id must reach Alertmanager"
         assert re.search(r"by \([^)]*\binstance\b", expr), f"{name}: instance must reach Alertmanager"
+        for label in ("sensor", "site"):  # a fleet pages per sensor, and the page names it
+            assert re.search(rf"by \([^)]*\b{label}\b", expr), f"{name}: {label} must reach Alertmanager"
+            assert f"$labels.{label}" in alert["annotations"]["summary"], f"{name}: summary must name the {label}"
+        assert "--sensor {{ $labels.sensor }}" in alert["annotations"]["description"], name
         assert ids <= _rule_ids(alert["annotations"]["description"]), f"{name}: description must name {ids}"
 
 
@@ -326,6 +369,11 @@ def test_health_alerts() -> None:
         "LyncSensorLakeDiskGuard",
     }
     assert "absent(up{" in health["LyncSensorAbsent"]["expr"]
+    for name, alert in health.items():
+        if name != "LyncSensorAbsent":  # absent() has no series, so no sensor to name
+            assert "$labels.sensor" in alert["annotations"]["summary"], f"{name}: summary must name the sensor"
+            assert "$labels.site" in alert["annotations"]["summary"], f"{name}: summary must name the site"
+    assert "group_left (sensor, site)" in health["LyncSensorDown"]["expr"], "up has no sensor label of its own"
     assert 'source="live"' in health["LyncSensorNoCaptureTraffic"]["expr"]
     for name in ("LyncSensorRuleEvaluationStale", "LyncSensorLakeNotFlushed"):
         assert re.search(r"_timestamp_seconds\{[^}]*\} > 0", health[name]["expr"]), f"{name}: no guard for 0"
