@@ -142,9 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="maintain: keep this much time travel, e.g. 1d or 0s; older snapshots and their files go (default 1d)",
     )
 
-    from sensor.zeek import add_commands as add_zeek_commands  # ingest-zeek, zeek-topology
-
-    add_zeek_commands(sub, _common)
+    z = sub.add_parser("ingest-zeek", help="read Zeek logs (conn, ssl, x509, sip, http, lync) into the lake")
+    z.add_argument("directories", nargs="+", type=Path, metavar="DIR")
+    _common(z)
+    z.add_argument("--lake", type=Path, default=None, help="lake directory (overrides sensor.lake)")
+    z.add_argument("--follow", action="store_true", help="keep following the current logs until SIGTERM/SIGINT")
+    z.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="state file (where each log was left); default with --follow: <lake>/_state/zeek-<sensor id>.json",
+    )
+    z.add_argument("--no-rules", action="store_true", help="do not evaluate the rules")
+    z.add_argument("--serve", action="store_true", help="serve /metrics (metrics.listen) while running")
+    t = sub.add_parser("zeek-topology", help="write the site topology as a TSV for the Zeek package")
+    _common(t)
+    t.add_argument("--out", type=Path, default=None, help="output file (default: stdout)")
     return parser
 
 
@@ -162,7 +175,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from sensor.metrics import SensorMetrics
-    from sensor.pipeline import analyze_to_lake
+    from sensor.analyze import analyze_to_lake
     from sensor.progress import Progress
     from sensor.summary import render, summarize
 
@@ -349,7 +362,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_zeek(args: argparse.Namespace) -> int:
-    from sensor.zeek import run_command
+    from sensor.ingest_zeek import run_command
 
     return run_command(args, _load(args))
 

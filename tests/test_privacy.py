@@ -12,7 +12,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from sensor import zeek
+from sensor import ingest_zeek
 from sensor.analyze import Analyzer
 from sensor.config import load_config
 from sensor.http import redact_path
@@ -111,7 +111,7 @@ def test_zeek_http_log_path_stores_templates(tmp_path: Path) -> None:
     d.mkdir()
     (d / "http.log").write_text("\n".join(lines) + "\n")
     cfg = load_config(None, env={}, overrides=[f'sensor.lake="{tmp_path / "lake"}"'])
-    result = zeek.ZeekIngest(cfg, [d], rules=False).run()
+    result = ingest_zeek.ZeekIngest(cfg, [d], rules=False).run()
     got = {r["orig_p"] - 53000: r for r in result.table.to_pylist()}
     for n, (_, _, stored) in enumerate(CASES):
         assert got[n]["http_path"] == stored, (n, got[n]["http_path"])

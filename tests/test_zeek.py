@@ -25,13 +25,17 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from sensor import zeek
+from sensor import ingest_zeek
 from sensor.analyze import Analyzer
 from sensor.catalogue import Catalogue
 from sensor.config import Config, load_config
+from sensor.errors import SourceError
 from sensor.metrics import SensorMetrics
 from sensor.rules.check import Checker
-from sensor.sources import zeek as zs
+from sensor.sources.zeek import base as zb
+from sensor.sources.zeek import fields as zf
+from sensor.sources.zeek import files as zfiles
+from sensor.sources.zeek import logs as zs
 from tests.conftest import EXAMPLE_CONFIG, ROOT, ZEEK_LOGS, flows_by_uid
 
 DATA = ROOT / "tests" / "data" / "zeek"
@@ -54,9 +58,9 @@ def config(tmp_path: Path, text: str = "", overrides: tuple[str, ...] = ()) -> C
     return load_config(path, env={}, overrides=[f'sensor.lake="{tmp_path / "lake"}"', *overrides])
 
 
-def ingest(cfg: Config, *dirs: Path, **kw: object) -> zeek.IngestResult:
+def ingest(cfg: Config, *dirs: Path, **kw: object) -> ingest_zeek.IngestResult:
     kw.setdefault("ts_substitute", TS)
-    return zeek.ZeekIngest(cfg, list(dirs), **kw).run()  # type: ignore[arg-type]
+    return ingest_zeek.ZeekIngest(cfg, list(dirs), **kw).run()  # type: ignore[arg-type]
 
 
 def lake_table(lake: Path) -> pa.Table:
@@ -84,7 +88,7 @@ def test_real_tsv_logs_read_in_place() -> None:
     # a vector element holding the set separator: Zeek escapes the commas as \x2c
     assert f["requested_client_certificate_authorities"] == ["O=SomeOrg,L=Somewhere,ST=Some-State,C=US"]
     # the btest banner line is no header; the masked ts is reported, not a crash
-    assert ssl.ts is None and problems == Counter({zs.BAD_TS: 1})
+    assert ssl.ts is None and problems == Counter({zb.BAD_TS: 1})
     x509 = zs.read_log(shared("ssl-tls-1.2") / "x509.log", ts_substitute=TS)
     assert [r.fields["san.dns"] for r in x509] == [["*.taleo.net", "taleo.net"], None, None]
     assert x509[0].fields["certificate.not_valid_before"] == 1304467200.0 and x509[0].ts == TS
@@ -97,10 +101,10 @@ def test_masked_ts_is_reported_clearly(caplog: pytest.LogCaptureFixture) -> None
     problems: Counter[str] = Counter()
     recs = zs.read_log(shared("sip-wireshark") / "sip.log", problems=problems)
     assert len(recs) == 36 and all(r.ts is None for r in recs)  # facts kept, ts unset
-    assert problems[zs.BAD_TS] == 36 and not problems[zs.MALFORMED]
+    assert problems[zb.BAD_TS] == 36 and not problems[zb.MALFORMED]
     assert "unparseable ts XXXXXXXXXX.XXXXXX" in caplog.text
     json_recs = zs.read_log(shared("http-json-and-tsv") / "http.log.json", log_name="http", problems=problems)
-    assert len(json_recs) == 4 and problems[zs.BAD_TS] == 40  # `"ts":XXXXXXXXXX.XXXXXX` is not even JSON
+    assert len(json_recs) == 4 and problems[zb.BAD_TS] == 40  # `"ts":XXXXXXXXXX.XXXXXX` is not even JSON
 
 
 def test_json_ts_forms_and_nested_ids(tmp_path: Path) -> None:
@@ -114,7 +118,7 @@ def test_json_ts_forms_and_nested_ids(tmp_path: Path) -> None:
     problems: Counter[str] = Counter()
     recs = zs.read_log(p, problems=problems)
     assert [r.ts for r in recs] == [1795687200.25, 1795687200.5, 1795687200.75]
-    assert recs[1].fields["id.orig_p"] == 3 and problems == Counter({zs.MALFORMED: 1})
+    assert recs[1].fields["id.orig_p"] == 3 and problems == Counter({zb.MALFORMED: 1})
 
 
 def test_json_and_tsv_http_logs_give_the_same_records(tmp_path: Path) -> None:
@@ -190,7 +194,7 @@ def test_gzip_and_rotated_files_are_read_in_time_order(tmp_path: Path) -> None:
     (tmp_path / "sip.2026-11-26-10-00-00.log.gz").write_bytes(gzip.compress(b"".join(header + parts[0])))
     (tmp_path / "sip.2026-11-26-11-00-00.log").write_bytes(b"".join(header + parts[1]))
     (tmp_path / "sip.log").write_bytes(b"".join(header + parts[3]))
-    found = zs.discover(tmp_path, "sip")
+    found = zfiles.discover(tmp_path, "sip")
     assert [f.path.name for f in found] == [
         "sip.2026-11-26-10-00-00.log.gz",
         "sip.2026-11-26-11-00-00.log",
@@ -203,7 +207,7 @@ def test_gzip_and_rotated_files_are_read_in_time_order(tmp_path: Path) -> None:
     want = zs.read_log(shared("sip-wireshark") / "sip.log", ts_substitute=TS)
     assert [r.fields for r in got] == [r.fields for r in want]
     assert stream.read() == []  # a one-shot read hands out each line once
-    assert set(problems) == {zs.BAD_TS}
+    assert set(problems) == {zb.BAD_TS}
 
 
 def test_zeekctl_archive_names_sort_by_directory_date(tmp_path: Path) -> None:
@@ -211,7 +215,7 @@ def test_zeekctl_archive_names_sort_by_directory_date(tmp_path: Path) -> None:
     day.mkdir()
     for name in ("conn.23:00:00-00:00:00.log.gz", "conn.09:00:00-10:00:00.log.gz"):
         (day / name).write_bytes(gzip.compress(conn_log([])))
-    assert [f.path.name for f in zs.discover(day, "conn")] == [
+    assert [f.path.name for f in zfiles.discover(day, "conn")] == [
         "conn.09:00:00-10:00:00.log.gz",
         "conn.23:00:00-00:00:00.log.gz",
     ]
@@ -232,14 +236,14 @@ def test_malformed_lines_and_a_header_change_are_counted_and_reading_goes_on(tmp
     rows = {r["uid"]: r for r in result.table.to_pylist()}
     assert sorted(rows) == [f"CFollow0000000000{n}" for n in (1, 2, 3, 4)]
     assert rows["CFollow00000000002"]["resp_pkts"] is None and rows["CFollow00000000002"]["orig_pkts"] == 3
-    assert result.problems[zs.MALFORMED] == 2 and result.problems[zs.HEADER_CHANGE] == 1
-    assert result.problems[zs.BAD_VALUE] == 1
+    assert result.problems[zb.MALFORMED] == 2 and result.problems[zb.HEADER_CHANGE] == 1
+    assert result.problems[zb.BAD_VALUE] == 1
     sample = metrics.registry.get_sample_value
     assert sample("lync_sensor_decode_errors_total", {"kind": "zeek_malformed_line"}) == 2
     assert sample("lync_sensor_decode_errors_total", {"kind": "zeek_header_change"}) == 1
     assert sample("lync_sensor_decode_errors_total", {"kind": "zeek_bad_value"}) == 1
     assert sample("lync_sensor_capture_packets_total", {"source": "zeek"}) == 18  # 3 flows x 5 packets, 1 x 3
-    lines = zeek.problem_lines(result)
+    lines = ingest_zeek.problem_lines(result)
     assert "2 malformed line(s) skipped" in lines and "1 header change(s) mid-file (schema switched)" in lines
 
 
@@ -249,14 +253,14 @@ def test_truncated_gzip_keeps_the_lines_before_the_damage(tmp_path: Path) -> Non
     result = ingest(config(tmp_path / "c"), tmp_path, rules=False)
     got = [r["uid"] for r in result.table.to_pylist()]
     assert 50 < len(got) < 200 and got == [f"CFollow{n:011d}" for n in range(len(got))]
-    assert result.problems[zs.TRUNCATED_GZIP] == 1
+    assert result.problems[zb.TRUNCATED_GZIP] == 1
 
 
 def test_no_logs_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(zeek.SourceError, match="no Zeek logs"):
-        zeek.ZeekIngest(config(tmp_path), [tmp_path])
-    with pytest.raises(zeek.SourceError, match="not a directory"):
-        zeek.ZeekIngest(config(tmp_path), [tmp_path / "missing"])
+    with pytest.raises(SourceError, match="no Zeek logs"):
+        ingest_zeek.ZeekIngest(config(tmp_path), [tmp_path])
+    with pytest.raises(SourceError, match="not a directory"):
+        ingest_zeek.ZeekIngest(config(tmp_path), [tmp_path / "missing"])
 
 
 # ------------------------------------------------------------------------------------------ follow and restart
@@ -281,7 +285,7 @@ def test_follow_across_rotation_and_restart_loses_and_repeats_nothing(tmp_path: 
     cfg = config(tmp_path)
     lake = Path(cfg.sensor.lake)
     (d / "conn.log").write_bytes(conn_log([conn_row(n) for n in (1, 2, 3)]))
-    ing = zeek.ZeekIngest(cfg, [d], follow=True, state_path=state, rules=False, settle_s=0)
+    ing = ingest_zeek.ZeekIngest(cfg, [d], follow=True, state_path=state, rules=False, settle_s=0)
     ing.poll()
     assert ing.flush().num_rows == 3
     with (d / "conn.log").open("ab") as fh:  # two lines and the first half of a third
@@ -296,19 +300,19 @@ def test_follow_across_rotation_and_restart_loses_and_repeats_nothing(tmp_path: 
     (d / "conn.log").write_bytes(conn_log([conn_row(8)], opened="2026-11-26-11-00-00"))
     ing.poll()
     assert sorted(ing.flush().column("uid").to_pylist()) == [f"CFollow{n:011d}" for n in (6, 7, 8)]
-    assert ing.problems[zs.ROTATED] == 1
+    assert ing.problems[zb.ROTATED] == 1
     ing.close()
     # stopped; meanwhile Zeek writes one more line and rotates again; then the sensor restarts from its state
     with (d / "conn.log").open("ab") as fh:
         fh.write("\t".join(conn_row(9)).encode() + b"\n")
     rotate(d, "2026-11-26-11-00-00")
     (d / "conn.log").write_bytes(conn_log([conn_row(10)], opened="2026-11-26-12-00-00"))
-    ing2 = zeek.ZeekIngest(cfg, [d], follow=True, state_path=state, rules=False, settle_s=0)
+    ing2 = ingest_zeek.ZeekIngest(cfg, [d], follow=True, state_path=state, rules=False, settle_s=0)
     ing2.poll()
     assert sorted(ing2.flush().column("uid").to_pylist()) == [f"CFollow{n:011d}" for n in (9, 10)]
     ing2.close()
     assert uids_in(lake) == [f"CFollow{n:011d}" for n in range(1, 11)]  # each line exactly once
-    assert not ing2.problems[zs.LOST]
+    assert not ing2.problems[zb.LOST]
 
 
 def test_a_one_shot_run_with_a_state_file_reads_only_what_is_new(tmp_path: Path) -> None:
@@ -334,7 +338,7 @@ def test_a_file_gone_while_stopped_is_reported_lost(tmp_path: Path) -> None:
     (d / "conn.log").unlink()  # archived elsewhere while the sensor was stopped
     (d / "conn.log").write_bytes(conn_log([conn_row(2)], opened="2026-11-26-11-00-00"))
     result = ingest(cfg, d, state_path=state, rules=False)
-    assert result.problems[zs.LOST] == 1 and result.table.column("uid").to_pylist() == ["CFollow00000000002"]
+    assert result.problems[zb.LOST] == 1 and result.table.column("uid").to_pylist() == ["CFollow00000000002"]
 
 
 def _wait_rows(lake: Path, n: int, proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
@@ -406,8 +410,8 @@ def test_certificate_request_and_empty_client_chain(tmp_path: Path) -> None:
 def test_without_a_substitute_a_flow_needs_a_real_ts(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     alone = ingest(cfg, shared("ssl-certificate-request-info"), ts_substitute=None)
-    assert alone.table.num_rows == 0 and alone.dropped_no_ts == 1 and alone.problems[zs.BAD_TS] == 1
-    assert "1 flow(s) without any usable ts dropped" in zeek.problem_lines(alone)
+    assert alone.table.num_rows == 0 and alone.dropped_no_ts == 1 and alone.problems[zb.BAD_TS] == 1
+    assert "1 flow(s) without any usable ts dropped" in ingest_zeek.problem_lines(alone)
     # the hand-written lync.log row of the same connection carries a real ts: the flow is kept
     both = ingest(cfg, shared("ssl-certificate-request-info"), DATA / "ssl-certificate-request-info",
                   ts_substitute=None)  # fmt: skip
@@ -448,16 +452,16 @@ def test_without_a_substitute_a_flow_needs_a_real_ts(tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_tls_facts_from_ssl_log(ssl: dict[str, object], lync: dict[str, object], want: dict[str, object]) -> None:
-    facts, _, _ = zeek.tls_facts(ssl, lync, zeek.CipherNames(Catalogue.load()))
+    facts, _, _ = zf.tls_facts(ssl, lync, zf.CipherNames(Catalogue.load()))
     assert {k: facts[k] for k in want} == want
 
 
 def test_apps_and_unknown_ciphers() -> None:
-    names = zeek.CipherNames(Catalogue.load())
+    names = zf.CipherNames(Catalogue.load())
     assert names.code("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384") == ("0xC030", True)
     assert names.code("TLS_ECDHE_RSA_WITH_ARIA_256_GCM_SHA384") == (None, False)  # not in cipher_suites.csv
     for version, app in (("DTLSv12", "dtls"), ("SSLv2", "sslv2"), ("TLSv11", "tls")):
-        assert zeek.tls_facts({"version": version}, {}, names)[1] == app
+        assert zf.tls_facts({"version": version}, {}, names)[1] == app
 
 
 def test_sip_log_marks_plaintext_sip_without_uris(tmp_path: Path) -> None:
@@ -833,7 +837,7 @@ def test_a_negative_counter_is_a_bad_value_and_the_flow_stays(tmp_path: Path) ->
     (rec,) = result.table.to_pylist()
     assert rec["uid"] == "CHhAvVGS1DHFjwGM9" and rec["orig_pkts"] is None and rec["resp_pkts"] == 9
     assert rec["tls_version"] == "TLSv12" and rec["tls_cipher"] == "0x0004"  # the rest of the line and the joins
-    assert result.problems[zs.BAD_VALUE] == 1
+    assert result.problems[zb.BAD_VALUE] == 1
 
 
 def test_nan_xff_and_a_mutated_header_mid_file_cost_one_field_each(tmp_path: Path) -> None:
@@ -873,8 +877,8 @@ def test_nan_xff_and_a_mutated_header_mid_file_cost_one_field_each(tmp_path: Pat
     assert rows[56639]["resp_pkts"] is None and rows[56639]["orig_pkts"] == 13 and rows[56639]["duration"] > 3
     # three fields the sensor reads, and three the new #types declare wrongly (conn_state and history as
     # counts, missed_bytes as a bool): each costs its field only
-    assert result.problems[zs.BAD_VALUE] == 6 and result.problems[zs.HEADER_CHANGE] == 1
-    assert not result.problems[zs.MALFORMED]
+    assert result.problems[zb.BAD_VALUE] == 6 and result.problems[zb.HEADER_CHANGE] == 1
+    assert not result.problems[zb.MALFORMED]
 
 
 def test_json_deep_nesting_lone_surrogates_and_wrong_types(tmp_path: Path) -> None:
@@ -901,8 +905,8 @@ def test_json_deep_nesting_lone_surrogates_and_wrong_types(tmp_path: Path) -> No
     assert by_order[2]["http_path"] == "/non_printable_%07"
     assert by_order[3]["http_host"] is None and by_order[3]["http_method"] == "GET"
     # deep value (1), surrogate (1), an infinite trans_depth and a number for a host (2), a list for a host (1)
-    assert result.problems[zs.BAD_VALUE] == 5
-    assert not result.problems[zs.MALFORMED]
+    assert result.problems[zb.BAD_VALUE] == 5
+    assert not result.problems[zb.MALFORMED]
 
 
 def test_json_ssl_values_of_the_wrong_type(tmp_path: Path) -> None:
@@ -922,7 +926,7 @@ def test_json_ssl_values_of_the_wrong_type(tmp_path: Path) -> None:
     assert rec["resp_pkts"] is None and rec["orig_ip_bytes"] is None and rec["duration"] == 0.0
     assert rec["orig_pkts"] == 13 and rec["tls_version"] == "TLSv12"
     assert rec["tls_resumed"] is None and rec["tls_sni"] is None and rec["tls_server_cert"] is True
-    assert result.problems[zs.BAD_VALUE] == 6
+    assert result.problems[zb.BAD_VALUE] == 6
 
 
 # Peak RSS of the reader alone. ru_maxrss of a process forked from pytest starts at pytest's own peak (Linux
@@ -931,10 +935,11 @@ READER = """
 import sys
 from collections import Counter
 from pathlib import Path
-from sensor.sources import zeek as zs
+from sensor.sources.zeek import base as zb
+from sensor.sources.zeek import logs as zs
 problems = Counter()
 recs = zs.read_log(Path(sys.argv[1]), problems=problems)
-print(len(recs), problems[zs.LONG_LINE])
+print(len(recs), problems[zb.LONG_LINE])
 """
 RSS_PROBE = """
 import resource, subprocess, sys
@@ -969,15 +974,15 @@ def test_decompressed_size_cap_cuts_a_file_and_counts_it(tmp_path: Path) -> None
     path.write_bytes(gzip.compress(conn_log(rows)))
     problems: Counter[str] = Counter()
     recs = zs.read_log(path, problems=problems, max_file_bytes=64 * 1024)
-    assert 0 < len(recs) < 2000 and problems[zs.SIZE_CAP] == 1
+    assert 0 < len(recs) < 2000 and problems[zb.SIZE_CAP] == 1
     assert [r.fields["uid"] for r in recs] == [f"CFollow{n:011d}" for n in range(len(recs))]
     # the line cap through the front end, counted in the warning line
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "conn.log").write_bytes(conn_log([conn_row(1), [*conn_row(2)[:-1], "9" * 5000]]))
     result = ingest(config(tmp_path / "c"), tmp_path / "logs", rules=False, max_line_bytes=1024)
     assert [r["uid"] for r in result.table.to_pylist()] == ["CFollow00000000001"]
-    assert result.problems[zs.LONG_LINE] == 1
-    assert "1 line(s) longer than the line cap skipped" in zeek.problem_lines(result)
+    assert result.problems[zb.LONG_LINE] == 1
+    assert "1 line(s) longer than the line cap skipped" in ingest_zeek.problem_lines(result)
 
 
 def test_ingest_with_a_broken_rule_reports_it_on_stderr_and_exits_2(tmp_path: Path) -> None:
