@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -142,6 +145,97 @@ def test_to_dict_is_plain_data(tmp_path: Path) -> None:
     assert data["ports"] == {"client-audio": [49152, 57500]}
     assert data["policy"]["gateways"]["10.0.3.5"] == {"transport": "tcp", "e911": False}
     assert data["topology"]["roles"]["front_end"] == ["10.0.1.10", "10.0.1.11"]
+
+
+def _inline_toml(value: object) -> str:
+    """A value as a TOML inline value (quoted keys, JSON-compatible strings), for the round-trip test."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_inline_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline_toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def test_to_dict_round_trips_through_the_loader(tmp_path: Path) -> None:
+    """to_dict is derived from the same fields as the schema: what it writes, the loader reads back unchanged."""
+    cfg = load_config(
+        DEPLOY_EXAMPLE,
+        overrides=[
+            "ports.client-audio=49152-57500",
+            'policy.gateways."10.0.3.5".srtp_mode=optional',
+            'topology.networks.perimeter=["203.0.113.0/24"]',
+            "live.interface=eth1",
+        ],
+    )
+    text = "".join(f"{section} = {_inline_toml(table)}\n" for section, table in cfg.to_dict().items())
+    again = load_config(write(tmp_path, text))
+    assert dataclasses.replace(again, source=cfg.source) == cfg
+    assert again.to_dict() == cfg.to_dict()
+    assert again.topology.perimeter == ("203.0.113.0/24",)
+
+
+def test_every_key_is_declared_once_on_its_field() -> None:
+    """Each settings field carries its check; the schema's keys are the fields (plus the removed keys, which
+    only say what replaced them), in field order."""
+    from sensor.config import _SCHEMA, MetricsSettings, PrivacySettings
+    from sensor.config_fields import Entries, Leaf, Table
+
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("source", "origins")}
+    assert list(_SCHEMA.fields) == list(sections)
+    for name, f in sections.items():
+        node = _SCHEMA.fields[name]
+        if isinstance(node, Entries):
+            continue
+        assert isinstance(node, Table) and isinstance(f.default_factory, type)
+        fields = dataclasses.fields(f.default_factory)
+        assert all("node" in sub.metadata for sub in fields), name
+        keys = [sub.name for sub in fields if sub.metadata.get("under") is None]
+        keys += [u for u in dict.fromkeys(sub.metadata.get("under") for sub in fields) if u is not None]
+        removed = list(getattr(f.default_factory, "REMOVED_KEYS", {}))
+        assert list(node.fields) == keys + removed, name
+    assert list(PrivacySettings.REMOVED_KEYS) == ["store_sip_uris"]
+    assert all(isinstance(_SCHEMA.fields["metrics"].fields[k], Leaf) for k in MetricsSettings.REMOVED_KEYS)  # type: ignore[union-attr]
+
+
+def test_derived_schema_and_dict_for_a_new_section() -> None:
+    """A key added to a settings dataclass needs nothing else: the schema, the dict and the builder follow."""
+    from sensor.config_fields import (
+        BOOLEAN,
+        NETWORKS,
+        address_key,
+        entries,
+        instance,
+        integer,
+        setting,
+        table_of,
+        to_toml,
+    )
+    from sensor.config_layers import normalize
+
+    @dataclasses.dataclass(frozen=True)
+    class Peer:
+        weight: int = setting(1, integer(1, 9))
+        note: str | None = setting(None, integer(0, 0))
+
+    @dataclasses.dataclass(frozen=True)
+    class Example:
+        on: bool = setting(False, BOOLEAN)
+        lan: tuple[str, ...] = setting((), NETWORKS, under="nets")
+        peers: Mapping[str, Peer] = entries(address_key, Peer)
+
+    schema = table_of(Example)
+    checked = normalize(schema, {"on": True, "nets": {"lan": ["10.0.0.1"]}, "peers": {"::ffff:10.0.0.9": {}}})
+    assert checked == {"on": True, "nets": {"lan": ("10.0.0.1",)}, "peers": {"10.0.0.9": {}}}
+    built = instance(Example, checked)
+    assert built == Example(on=True, lan=("10.0.0.1",), peers={"10.0.0.9": Peer()})  # type: ignore[arg-type]
+    assert to_toml(built) == {"on": True, "nets": {"lan": ["10.0.0.1"]}, "peers": {"10.0.0.9": {"weight": 1}}}
+
+
+def test_config_does_not_import_the_topology() -> None:
+    """The config and the topology formed an import cycle; the config now draws roles from sensor.roles."""
+    code = "import sys, sensor.config; print('sensor.topology' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"
 
 
 # --- precedence: defaults -> file -> environment -> --set
