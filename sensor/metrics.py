@@ -1,7 +1,7 @@
 """Every Prometheus metric of the sensor, declared in one place (names lync_sensor_*, bounded labels only).
 
-Labels come from bounded sets: Lync role names (the config's known roles, 'client', 'external'), the
-application names of the flow schema, TLS version names, rule ids and severities. Addresses never
+Labels come from bounded sets: Lync role names (sensor.roles: the known roles, 'client', 'external'), the
+application names of the flow schema, TLS version names, the ids of the loaded rules and severities. Addresses never
 become labels. Every series also carries the sensor's constant labels `sensor` (sensor.id) and `site`
 (sensor.site, "" = "default"): one value each per sensor, so a fleet's Prometheus tells sensors apart
 by what they are, not only by their scrape address.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -19,12 +20,21 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from sensor import __version__
+from sensor.roles import ADDRESS_ROLES
+from sensor.rules.loader import SEVERITIES, default_rules_dir, load_rules
 from sensor.schema import APP_VALUES, TLS_VERSIONS
-from sensor.topology import KNOWN_ROLES
 
-ROLES = (*KNOWN_ROLES, "client", "external")
-SEVERITIES = ("violation", "warning", "info")
-RULE_IDS = tuple(f"R{i}" for i in range(1, 18))
+ROLES = ADDRESS_ROLES
+
+
+def rule_ids(rules: str | Path = "") -> tuple[str, ...]:
+    """The ids of the rules in a rules directory ("" = the rules shipped with the sensor, as sensor.rules), in
+    rule order: the rule_id label values whose series exist from the start."""
+    rules_list, _ = load_rules(Path(rules) if rules else default_rules_dir())
+    return tuple(rule.id for rule in rules_list)
+
+
+RULE_IDS = rule_ids()  # the shipped rules (R1..R17 today)
 NO_APP = "none"
 CONSTANT_LABELS = ("sensor", "site")
 DEFAULT_SITE = "default"
@@ -73,7 +83,14 @@ class SensorMetrics:
     """The sensor's metrics on one registry (injected, so tests use their own), every series labelled with
     the sensor's id and site."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, sensor_id: str = "sensor", site: str = "") -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        sensor_id: str = "sensor",
+        site: str = "",
+        rule_ids: Iterable[str] = RULE_IDS,
+    ) -> None:
         labels = constant_labels(sensor_id, site)
         self.registry = registry if registry is not None else SensorRegistry(labels)
         r = CollectorRegistry(auto_describe=True)  # the metric objects; exposed through the wrapper below
@@ -215,7 +232,7 @@ class SensorMetrics:
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
         # Series of bounded sets exist from the start (at 0), so dashboards and alerts see data, not gaps.
-        for rid in RULE_IDS:
+        for rid in rule_ids:
             for sev in SEVERITIES:
                 self.rule_violations.labels(rid, sev).set(0)
                 self.findings.labels(rid, sev)

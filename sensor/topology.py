@@ -20,9 +20,6 @@ from sensor.roles import (
 if TYPE_CHECKING:
     from sensor.config import Config
 
-# KNOWN_ROLES stays importable from here for sensor.metrics until it imports sensor.roles.
-__all__ = ["EXTERNAL_ZONE", "INTERNAL_ZONE", "KNOWN_ROLES", "PERIMETER_ZONE", "Topology"]
-
 INTERNAL_ZONE = "internal"
 PERIMETER_ZONE = "perimeter"
 EXTERNAL_ZONE = "external"

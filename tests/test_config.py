@@ -227,7 +227,7 @@ def test_derived_schema_and_dict_for_a_new_section() -> None:
     checked = normalize(schema, {"on": True, "nets": {"lan": ["10.0.0.1"]}, "peers": {"::ffff:10.0.0.9": {}}})
     assert checked == {"on": True, "nets": {"lan": ("10.0.0.1",)}, "peers": {"10.0.0.9": {}}}
     built = instance(Example, checked)
-    assert built == Example(on=True, lan=("10.0.0.1",), peers={"10.0.0.9": Peer()})  # type: ignore[arg-type]
+    assert built == Example(on=True, lan=("10.0.0.1",), peers={"10.0.0.9": Peer()})
     assert to_toml(built) == {"on": True, "nets": {"lan": ["10.0.0.1"]}, "peers": {"10.0.0.9": {"weight": 1}}}
 
 
