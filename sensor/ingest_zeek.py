@@ -31,11 +31,11 @@ from sensor.errors import SinkError, SourceError
 from sensor.exporter import MetricsServer
 from sensor.lakes import open_lake
 from sensor.metrics import SensorMetrics
-from sensor.site import Site
 from sensor.rules.check import Checker, CheckReport
 from sensor.rules.check import problem_lines as rule_problem_lines
 from sensor.rules.check import render as render_findings
 from sensor.schema import FLOW_SCHEMA
+from sensor.site import Site
 from sensor.sources.zeek.assembler import FlowAssembler, load_catalogue
 from sensor.sources.zeek.base import LOGS, MAX_FILE_BYTES, MAX_LINE_BYTES, PROBLEMS, Position
 from sensor.sources.zeek.fields import UNKNOWN_CIPHER, to_table
@@ -166,7 +166,7 @@ class ZeekIngest:
         if not follow and not any(any(d.glob(f"{n}*.log*")) for d in self.directories for n in LOGS):
             names = ", ".join(LOGS)
             raise SourceError(f"no Zeek logs ({names}) in {', '.join(map(str, self.directories))}")
-        self._checker: Any = None
+        self._checker: Checker | None = None
         self._tables: list[pa.Table] = []
         self._written: list[Any] = []
         self._violations = False

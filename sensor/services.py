@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # only for the annotation: the catalogue is passed in, never loaded here
-    from sensor.catalogue import Catalogue
+from sensor.catalogue import Catalogue
 
 # Apps that are media: only they may take their service from a client port range.
 MEDIA_APPS = ("rtp", "srtp", "rtcp", "srtcp")
