@@ -25,6 +25,8 @@ DEFAULT_VARIABLES: Mapping[str, str] = {
     "__range": "1h",
     "__range_s": "3600",
     "__range_ms": "3600000",
+    "site": ".*",
+    "sensor": ".*",
     "instance": ".*",
     "rule_id": ".*",
     "severity": ".*",

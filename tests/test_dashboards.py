@@ -30,7 +30,10 @@ DASHBOARDS = GRAFANA / "dashboards"
 PROVISIONING = GRAFANA / "provisioning"
 EXPECTED = {"lync-estate-overview.json", "lync-findings.json", "lync-sensor-health.json"}
 DATASOURCE = "${datasource}"
-INSTANCE_QUERY = "label_values(lync_sensor_build_info, instance)"
+SITE_QUERY = "label_values(lync_sensor_build_info, site)"
+SENSOR_QUERY = 'label_values(lync_sensor_build_info{site=~"$site"}, sensor)'
+INSTANCE_QUERY = 'label_values(lync_sensor_build_info{site=~"$site", sensor=~"$sensor"}, instance)'
+FLEET_SELECTOR = 'site=~"$site", sensor=~"$sensor", instance=~"$instance"'
 RULE_ID_QUERY = "label_values(lync_sensor_rule_violations, rule_id)"
 EVIDENCE_COMMAND = "lync-sensor check --since 1h --json"
 EVIDENCE_SQL = "SELECT * FROM read_parquet('<lake>/findings/**/*.parquet', hive_partitioning=true) WHERE rule_id ="
@@ -86,10 +89,15 @@ def test_dashboard_settings(name: str) -> None:
     variables = {v["name"]: v for v in d["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    instance = variables["instance"]
-    assert instance["type"] == "query"
-    assert instance["query"] == INSTANCE_QUERY
-    assert instance["datasource"]["uid"] == DATASOURCE
+    # the fleet view: site, then the sensors of the chosen sites, then their scrape targets
+    names = [v["name"] for v in d["templating"]["list"]]
+    assert names.index("site") < names.index("sensor") < names.index("instance"), names
+    for var, query in (("site", SITE_QUERY), ("sensor", SENSOR_QUERY), ("instance", INSTANCE_QUERY)):
+        v = variables[var]
+        assert v["type"] == "query", var
+        assert v["query"] == v["definition"] == query, var
+        assert v["datasource"]["uid"] == DATASOURCE, var
+        assert v["multi"] and v["includeAll"], var
     for v in d["templating"]["list"]:
         if v.get("includeAll"):
             assert v.get("allValue") == ".*", f"{name}: ${v['name']} 'All' must be the regex .*"
@@ -114,11 +122,22 @@ def test_every_panel_has_the_datasource_and_a_query(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_panels_select_the_sensor_job_and_instance(name: str) -> None:
+def test_panels_select_the_sensor_job_site_sensor_and_instance(name: str) -> None:
     for p in _panels(BY_FILE[name]):
         for t in p["targets"]:
-            assert 'job="lync-sensor"' in t["expr"], (p["title"], t["expr"])
-            assert 'instance=~"$instance"' in t["expr"], (p["title"], t["expr"])
+            expr = t["expr"]
+            assert 'job="lync-sensor"' in expr, (p["title"], expr)
+            assert 'instance=~"$instance"' in expr, (p["title"], expr)
+            # every lync_sensor_* selector filters by the fleet variables (up has no sensor label: it is joined)
+            for selector in re.findall(r"\blync_sensor_\w+\{[^}]*\}", expr):
+                assert FLEET_SELECTOR in selector, (p["title"], selector)
+            assert re.findall(r"\blync_sensor_\w+\{", expr), (p["title"], expr)
+            # a per-target aggregation keeps the sensor and its site, so the legend can name them
+            for clause in re.findall(r"(?<!topk )\bby \(([^)]*)\)", expr):  # topk by: one build_info a target
+                labels = {label.strip() for label in clause.split(",")}
+                if "instance" in labels:
+                    assert {"site", "sensor"} <= labels, (p["title"], expr)
+            assert "{{instance}}" not in (t.get("legendFormat") or ""), (p["title"], "name the sensor, not the target")
 
 
 # ------------------------------------------------------------------------------------------ metrics

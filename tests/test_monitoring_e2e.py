@@ -171,7 +171,7 @@ def stack_for(tmp_path: Path) -> Iterator[Any]:
             with urllib.request.urlopen(metrics_url, timeout=5) as r:
                 text = r.read().decode()
             return any(
-                line.startswith("lync_sensor_last_rule_evaluation_timestamp_seconds ") and float(line.split()[1]) > 0
+                line.startswith("lync_sensor_last_rule_evaluation_timestamp_seconds{") and float(line.split()[-1]) > 0
                 for line in text.splitlines()
             )
 
@@ -259,6 +259,9 @@ def test_violations_page_and_dashboards_have_data(stack_for: Any) -> None:
         labels = alert["labels"]
         assert labels["severity"] == "critical"
         assert labels["job"] == "lync-sensor"
+        # the example config's sensor.id and sensor.site, as the sensor labels its series
+        assert (labels["sensor"], labels["site"]) == ("sensor-a", "hq"), labels
+        assert "sensor-a (site hq," in alert["annotations"]["summary"]
         assert alert["annotations"]["summary"] and alert["annotations"]["runbook_url"]
     paged_rules = {(a["labels"]["alertname"], a["labels"].get("rule_id")) for a in pager}
     for name, rule in expected.items():
@@ -270,15 +273,27 @@ def test_violations_page_and_dashboards_have_data(stack_for: Any) -> None:
     # the sensor is healthy: no health alert anywhere
     assert not [a for _, a in stack.hooks.all_alerts() if a["labels"].get("family") == "health"]
 
-    # every dashboard panel's query runs without error and returns data
+    # every dashboard panel's query runs without error and returns data: with every site and sensor (All),
+    # with this sensor chosen, and with another sensor chosen it returns none of this sensor's series
     empty: list[str] = []
+    leaked: list[str] = []
+    this = {"site": "hq", "sensor": "sensor-a"}
+    other = {"site": ".*", "sensor": "sensor-b"}
     for path, dashboard in load_dashboards(ROOT / "grafana" / "dashboards"):
         for title, expr in panel_queries(dashboard):
-            res = query(stack.prometheus, substitute(expr, {"__rate_interval": "1m", "__range": "5m"}))
-            assert res["status"] == "success", (path.name, title, expr, res)
-            if not res["data"]["result"]:
-                empty.append(f"{path.name}: {title}: {expr}")
+            for chosen in ({}, this, other):
+                values = {"__rate_interval": "1m", "__range": "5m", **chosen}
+                res = query(stack.prometheus, substitute(expr, values))
+                assert res["status"] == "success", (path.name, title, expr, res)
+                series = [r["metric"] for r in res["data"]["result"]]
+                if chosen is other:
+                    if title.startswith("variable "):  # the site and sensor lists themselves span the fleet
+                        continue
+                    leaked += [f"{path.name}: {title}: {m}" for m in series if m.get("sensor") == "sensor-a"]
+                elif not series:
+                    empty.append(f"{path.name}: {title} ({chosen or 'All'}): {expr}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
+    assert not leaked, "another sensor chosen, yet this sensor's series shown:\n" + "\n".join(leaked)
 
 
 def test_compliant_capture_pages_nobody(stack_for: Any) -> None:
