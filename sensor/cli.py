@@ -174,8 +174,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from sensor.metrics import SensorMetrics
     from sensor.analyze import analyze_to_lake
+    from sensor.metrics import SensorMetrics
     from sensor.progress import Progress
     from sensor.summary import render, summarize
 

@@ -32,6 +32,7 @@ from sensor.metrics import SensorMetrics
 from sensor.path import PacketPath
 from sensor.rules.check import Checker
 from sensor.rules.context import Window
+from sensor.site import Site
 from sensor.sources.pcap import CaptureReader
 
 log = logging.getLogger(__name__)
@@ -203,8 +204,9 @@ class LiveSensor:
 
     def _setup(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.builder = Analyzer(cfg, source_name="live")
-        self.checker = Checker(cfg, topology=self.builder.topology, catalogue=self.builder.catalogue)
+        self.site = Site.build(cfg)  # once per start and per reload: the packet path, records and rules share it
+        self.builder = Analyzer(cfg, site=self.site, source_name="live")
+        self.checker = Checker(cfg, site=self.site)
         if getattr(self, "store", None) is not None:
             self.store.close()
         self.store: Lake = open_lake(cfg, metrics=self.metrics)
@@ -343,7 +345,7 @@ class LiveSensor:
                 self.metrics.stream_events.labels(event).inc(delta)
             self._stream_seen[event] = total
         with path.lock:
-            records = self.builder.build_records(table, path.facts, exported, table.nrecords)
+            records = self.builder.records.build(table, path.facts, exported, table.nrecords)
         self.metrics.open_flows.set(int(table.active().size))
         self.status.open_flows = int(table.active().size)
         if records.num_rows:

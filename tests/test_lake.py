@@ -294,7 +294,7 @@ def test_large_captures_are_refused_after_the_analysis_and_nothing_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Above QUICK_DIGEST_BYTES the digest runs beside the analysis; the refusal comes before any write."""
-    from sensor import pipeline
+    from sensor import analyze as pipeline
     from sensor.config import load_config
     from sensor.errors import SinkError
 

@@ -4,6 +4,7 @@ on one end, tcpreplay sending the example capture from the other; plus the failu
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import struct
@@ -123,6 +124,8 @@ class Sensor:
         for line in out.splitlines():
             if line and not line.startswith("#"):
                 name, _, value = line.rpartition(" ")
+                # every series carries the sensor's fleet labels; the tests name series without them
+                name = re.sub(r',?(sensor|site)="[^"]*"', "", name).replace("{,", "{").replace("{}", "")
                 values[name] = float(value)
         return values
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from sensor.analyze import analyze_to_lake
 from sensor.config import load_config
 from sensor.metrics import SensorMetrics
-from sensor.pipeline import analyze_to_lake
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 
 GOLDEN = ROOT / "tests" / "golden" / "metrics-example.prom"

@@ -11,7 +11,6 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from sensor.catalogue import Catalogue
 from sensor.config import Config
 from sensor.errors import ConfigError
 from sensor.lake import Written
@@ -21,7 +20,7 @@ from sensor.rules.engine import Evaluation, evaluate
 from sensor.rules.loader import RuleProblem, default_rules_dir, load_rules
 from sensor.rules.loader import lint as lint_rules
 from sensor.schema import FLOW_SCHEMA
-from sensor.topology import Topology
+from sensor.site import Site
 
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -65,13 +64,13 @@ class Checker:
         self,
         cfg: Config,
         *,
-        topology: Topology | None = None,
-        catalogue: Catalogue | None = None,
+        site: Site | None = None,
         rules: Path | None = None,
     ) -> None:
         self.cfg = cfg
-        self.topology = topology or Topology.from_config(cfg)
-        self.catalogue = catalogue or Catalogue.load(cfg.ports, source=str(cfg.source) if cfg.source else None)
+        self.site = site or Site.build(cfg)
+        self.topology = self.site.topology
+        self.catalogue = self.site.catalogue
         self.rules_path = rules or rules_dir(cfg)
         self.rules, self.load_problems = load_rules(self.rules_path)
 

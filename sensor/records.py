@@ -1,0 +1,321 @@
+"""Flow records for every front end: uid, roles, service, app, facts and media verdict, as an Arrow table."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sensor import flows as fl
+from sensor import packets as pk
+from sensor import rtp
+from sensor.facts.calls import CallIndex
+from sensor.facts.flowfacts import FlowFacts
+from sensor.schema import FLOW_SCHEMA
+from sensor.services import service_for
+from sensor.site import Site
+
+
+def _addr(hi: int, lo: int) -> str:
+    if hi == 0 and (lo >> 32) == 0xFFFF:
+        return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
+    return str(ipaddress.IPv6Address((hi << 64) | lo))
+
+
+class RecordBuilder:
+    """Turns the flow table and the facts of a run into flow interval records (offline and live alike)."""
+
+    def __init__(self, site: Site, source_name: str = "pcap") -> None:
+        self.site = site
+        self.cfg = site.cfg
+        self.topology = site.topology
+        self.catalogue = site.catalogue
+        self.source_name = source_name
+
+    @staticmethod
+    def _media_context(
+        i: int,
+        ep: tuple[str, int, str, int],
+        kind: str,
+        calls: CallIndex,
+        starts: list[int],
+        endpoints: dict[tuple[str, int, str, int, str], int],
+        by_endpoint: dict[tuple[str, int], list[int]],
+        media_own: dict[int, list[rtp.Evidence]],
+        kinds: dict[int, str],
+    ) -> list[rtp.Evidence]:
+        """Evidence from around a media flow: the call's SDP (answer decides), and its companion RTCP (or, for
+        RTCP, its RTP) on port +/- 1 in either orientation (RFC 3550 §11) or on the a=rtcp port."""
+        oh, op, rh, rp = ep
+        ev: list[rtp.Evidence] = []
+        is_rtcp = kind == "rtcp"
+        b = calls.binding(((oh, op), (rh, rp)), starts[i], rtcp=is_rtcp)
+        if b is not None and b.evidence is not None:
+            ev.append(b.evidence)
+        step = -1 if is_rtcp else 1
+        mates = {
+            endpoints.get((oh, op + step, rh, rp + step, "udp")),
+            endpoints.get((rh, rp + step, oh, op + step, "udp")),
+        }
+        if not is_rtcp:
+            rb = calls.binding(((oh, op), (rh, rp)), starts[i], rtcp=False)
+            if rb is not None:
+                mates.update(j for j in by_endpoint.get((rb.rtcp_address, rb.rtcp_port), []) if kinds.get(j) == "rtcp")
+        mates.discard(None)
+        mates.discard(i)
+        for mate in sorted(m for m in mates if m is not None):
+            for e in media_own.get(mate, []):
+                if e.text.startswith(("rtcp:", "len:", "bytes:", "payload:")):
+                    ev.append(rtp.Evidence(e.encrypted, round(e.confidence * 0.95, 3), "companion " + e.text))
+        return ev
+
+    def build(
+        self, table: fl.FlowTable, facts: dict[int, FlowFacts], start: int = 0, end: int | None = None
+    ) -> pa.Table:
+        """The flow records table[start:end] with every flow column (facts known so far)."""
+        n = table.nflows
+        fs = table.fs[:n]
+        fu = table.fu[:n]
+        addr_cache: dict[tuple[int, int], str] = {}
+
+        def addr(hi: int, lo: int) -> str:
+            k = (hi, lo)
+            v = addr_cache.get(k)
+            if v is None:
+                v = addr_cache[k] = _addr(hi, lo)
+            return v
+
+        orig_h = [addr(int(a), int(b)) for a, b in zip(fu[:, fl.U_ORIG_HI], fu[:, fl.U_ORIG_LO], strict=True)]
+        resp_h = [addr(int(a), int(b)) for a, b in zip(fu[:, fl.U_RESP_HI], fu[:, fl.U_RESP_LO], strict=True)]
+        proto = ["tcp" if p == 6 else "udp" for p in fs[:, fl.F_PROTO].tolist()]
+        orig_p = fs[:, fl.F_PORT_O].tolist()
+        resp_p = fs[:, fl.F_PORT_R].tolist()
+        orig_role = [self.topology.role_of(a) for a in orig_h]
+        resp_role = [self.topology.role_of(a) for a in resp_h]
+        sid = self.cfg.sensor.id
+        uids = [
+            _uid(sid, orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i], int(fs[i, fl.F_FIRST_TS])) for i in range(n)
+        ]
+        per_flow: dict[str, list[Any]] = {
+            "flow_start": (fs[:, fl.F_FIRST_TS] // 1000).tolist(),
+            "uid": uids,
+            "orig_h": orig_h,
+            "orig_p": orig_p,
+            "resp_h": resp_h,
+            "resp_p": resp_p,
+            "proto": proto,
+            "ip_version": fs[:, fl.F_IPVER].tolist(),
+            "orig_role": orig_role,
+            "resp_role": resp_role,
+            "orig_first_byte": [None if v < 0 else v for v in fs[:, fl.F_FIRST_BYTE].tolist()],
+            "resp_first_byte": [None if v < 0 else v for v in fs[:, fl.F_FIRST_BYTE + 1].tolist()],
+            "tcp_midstream": _midstream(fs),
+        }
+        fact_cols = self._fact_columns(table, facts, orig_h, orig_p, resp_h, resp_p, proto)
+        per_flow.update(fact_cols)
+        per_flow["service"], per_flow["service_source"] = self._services(
+            proto, orig_p, resp_p, orig_role, resp_role, fact_cols["app"]
+        )
+        rec = table.rec[start : table.nrecords if end is None else end]
+        idx = rec[:, fl.R_FLOW]
+        flow_fields = [f for f in FLOW_SCHEMA if f.name in per_flow]
+        flow_tbl = pa.table({f.name: pa.array(per_flow[f.name], type=f.type) for f in flow_fields})
+        taken = flow_tbl.take(pa.array(idx)) if idx.size else flow_tbl.slice(0, 0)
+        first = rec[:, fl.R_FIRST]
+        last = rec[:, fl.R_LAST]
+        cols: dict[str, pa.Array] = {
+            "ts": pa.array(first // 1000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "ts_end": pa.array(last // 1000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "interval_seq": pa.array(rec[:, fl.R_SEQ], pa.int32()),
+            "sensor_id": pa.array([sid] * len(rec), pa.string()),
+            "source": pa.array([self.source_name] * len(rec), pa.string()),
+            "duration": pa.array((last - first) / 1e9, pa.float64()),
+            "orig_pkts": pa.array(rec[:, fl.R_PK]),
+            "resp_pkts": pa.array(rec[:, fl.R_PK + 1]),
+            "orig_bytes": pa.array(rec[:, fl.R_BY]),
+            "resp_bytes": pa.array(rec[:, fl.R_BY + 1]),
+            "orig_ip_bytes": pa.array(rec[:, fl.R_IPBY]),
+            "resp_ip_bytes": pa.array(rec[:, fl.R_IPBY + 1]),
+        }
+        arrays = []
+        for f in FLOW_SCHEMA:
+            if f.name in cols:
+                arrays.append(cols[f.name].cast(f.type))
+            else:
+                arrays.append(taken.column(f.name))
+        result = pa.Table.from_arrays(arrays, schema=FLOW_SCHEMA)
+        return result.sort_by([("ts", "ascending"), ("uid", "ascending")])
+
+    def _services(
+        self,
+        proto: list[str],
+        orig_p: list[int],
+        resp_p: list[int],
+        orig_role: list[str],
+        resp_role: list[str],
+        app: list[object],
+    ) -> tuple[list[str | None], list[str | None]]:
+        """Service from the port catalogue, per flow, by the rule every front end shares (sensor.services)."""
+        services: list[str | None] = []
+        sources: list[str | None] = []
+        for i in range(len(proto)):
+            svc, src = service_for(self.catalogue, proto[i], orig_p[i], resp_p[i], orig_role[i], resp_role[i], app[i])
+            services.append(svc)
+            sources.append(src)
+        return services, sources
+
+    def _fact_columns(
+        self,
+        table: fl.FlowTable,
+        facts: dict[int, FlowFacts],
+        orig_h: list[str],
+        orig_p: list[int],
+        resp_h: list[str],
+        resp_p: list[int],
+        proto: list[str],
+    ) -> dict[str, list[object]]:
+        n = table.nflows
+        fs = table.fs[:n]
+        names = [f.name for f in FLOW_SCHEMA]
+        out: dict[str, list[object]] = {
+            k: [None] * n
+            for k in names
+            if k.startswith(("tls_", "sip_", "sdp_", "media_", "rtp_", "rtcp_", "stun_", "http_"))
+            or k in ("app", "ms_turn")
+        }
+        calls = CallIndex(
+            (m for ff in facts.values() for m in ff.sip.stream_messages + ff.sip.other_messages),
+            (m for ff in facts.values() for m in ff.sip.media if m.call_id is None),
+        )
+        starts = fs[:, fl.F_FIRST_TS].tolist()
+        endpoints = {(orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i]): i for i in range(n)}
+        by_endpoint: dict[tuple[str, int], list[int]] = {}
+        media_own: dict[int, list[rtp.Evidence]] = {}
+        kinds: dict[int, str] = {}
+        for i in range(n):
+            if proto[i] != "udp" and not fs[i, fl.F_FRAMES]:
+                continue  # TCP carries media only framed per RFC 4571
+            st = table.media_stats(i)
+            if rtp.is_rtp_stream(st):
+                kinds[i] = "rtp"
+            elif rtp.is_rtcp_stream(st):
+                kinds[i] = "rtcp"
+            else:
+                continue
+            media_own[i] = rtp.own_evidence(st)
+            out["rtp_payload_types"][i] = list(st.payload_types) or None
+            out["rtp_packets"][i] = st.rtp_packets
+            out["rtcp_packets"][i] = st.rtcp_packets
+            out["rtp_ssrcs"][i] = len({int(x) for x in fs[i, fl.F_RTP_SSRC : fl.F_RTP_SSRC + 2] if x >= 0})
+            by_endpoint.setdefault((orig_h[i], orig_p[i]), []).append(i)
+            by_endpoint.setdefault((resp_h[i], resp_p[i]), []).append(i)
+        for i in range(n):
+            cls = fs[i, fl.F_CLS :]
+            ff: FlowFacts | None = facts.get(i)
+            sip_fast = int(cls[pk.CLS_SIP_REQ] + cls[pk.CLS_SIP_RESP])
+            http_fast = int(cls[pk.CLS_HTTP_REQ])
+            stun_fast = int(cls[pk.CLS_STUN] + cls[pk.CLS_STUN_OLD])
+            tls_fast = int(cls[pk.CLS_TLS_HS] + cls[pk.CLS_TLS_REC] + cls[pk.CLS_SSL2])
+            if ff is not None:
+                if ff.tls.seen:
+                    for k, v in ff.tls.columns().items():
+                        out[k][i] = v
+                if ff.sip.messages or ff.sip.media:
+                    for k, v in ff.sip.columns().items():
+                        out[k][i] = v
+                if ff.http.requests:
+                    for k, v in ff.http.columns().items():
+                        out[k][i] = v
+                if ff.stun.messages:
+                    for k, v in ff.stun.columns().items():
+                        out[k][i] = v
+            sip_msgs = max(sip_fast, ff.sip.messages if ff else 0)
+            out["sip_plain"][i] = sip_msgs > 0
+            out["sip_messages"][i] = sip_msgs
+            if http_fast and not out["http_requests"][i]:
+                out["http_requests"][i] = http_fast
+            if stun_fast or out["stun_messages"][i]:
+                out["stun_messages"][i] = max(stun_fast, int(out["stun_messages"][i] or 0))  # type: ignore[call-overload]
+                if out["ms_turn"][i] is None:
+                    out["ms_turn"][i] = False
+            if ff is not None and ff.tls.pseudo:
+                out["ms_turn"][i] = True  # MS-TURN behind pseudo-TLS ([MS-TURN], R14)
+                out["stun_messages"][i] = stun_fast
+            kind = kinds.get(i)
+            if kind is not None:
+                ev = list(media_own.get(i, []))
+                ev += self._media_context(
+                    i,
+                    (orig_h[i], orig_p[i], resp_h[i], resp_p[i]),
+                    kind,
+                    calls,
+                    starts,
+                    endpoints,
+                    by_endpoint,
+                    media_own,
+                    kinds,
+                )
+                if ff is not None and ff.dtls_srtp:
+                    ev.append(rtp.Evidence(True, 0.9, "dtls:use_srtp keying on the same 5-tuple"))
+                enc, conf = rtp.verdict(ev)
+                out["media_encrypted"][i] = enc
+                out["media_confidence"][i] = conf
+                out["media_evidence"][i] = [e.text for e in ev] or None
+            out["app"][i] = _app(proto[i], kind, out, i, sip_msgs, tls_fast, ff)
+        return out
+
+
+def _app(
+    proto: str,
+    kind: str | None,
+    out: dict[str, list[object]],
+    i: int,
+    sip_msgs: int,
+    tls_fast: int,
+    ff: FlowFacts | None,
+) -> str | None:
+    if kind == "rtp":
+        return "srtp" if out["media_encrypted"][i] is True else "rtp"
+    if kind == "rtcp":
+        return "srtcp" if out["media_encrypted"][i] is True else "rtcp"
+    if ff is not None and ff.tls.pseudo:
+        return "ms-turn"
+    if ff is not None and ff.tls.sslv2_server_hello:
+        return "sslv2"
+    if (ff is not None and ff.tls.seen) or (proto == "tcp" and tls_fast):
+        return "tls"
+    if sip_msgs:
+        return "sip"
+    if out["http_requests"][i]:
+        return "http"
+    if out["stun_messages"][i]:
+        return "ms-turn" if out["ms_turn"][i] else "stun"
+    if ff is not None and ff.dtls_srtp:
+        return "dtls"
+    return None
+
+
+def _midstream(fs: np.ndarray) -> list[bool | None]:
+    """Per TCP flow: a direction sent payload whose SYN was never seen (stream offset 0 unknown)."""
+    tcp = fs[:, fl.F_PROTO] == 6
+    mid = np.zeros(fs.shape[0], bool)
+    for d in (0, 1):
+        mid |= (fs[:, fl.F_ISN + d] < 0) & (fs[:, fl.F_SEQ0 + d] >= 0)
+    return [bool(m) if t else None for m, t in zip(mid.tolist(), tcp.tolist(), strict=True)]
+
+
+def _uid(sensor_id: str, oh: str, op: int, rh: str, rp: int, proto: str, first_ns: int) -> str:
+    """Zeek-style flow id: 'C' and 17 base-62 digits of a hash of the sensor, 5-tuple and start time."""
+    h = int.from_bytes(
+        hashlib.blake2b(f"{sensor_id}|{oh}|{op}|{rh}|{rp}|{proto}|{first_ns}".encode(), digest_size=12).digest(),
+        "big",
+    )
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    out = []
+    for _ in range(17):
+        h, r = divmod(h, 62)
+        out.append(digits[r])
+    return "C" + "".join(out)
