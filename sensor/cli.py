@@ -175,13 +175,13 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from sensor.analyze import analyze_to_lake
-    from sensor.metrics import SensorMetrics
+    from sensor.metrics import SensorMetrics, rule_ids
     from sensor.progress import Progress
     from sensor.summary import render, summarize
 
     cfg = _load(args)
     progress = None if (args.no_progress or not cfg.sensor.progress) else Progress()
-    metrics = SensorMetrics(sensor_id=cfg.sensor.id, site=cfg.sensor.site)
+    metrics = SensorMetrics(sensor_id=cfg.sensor.id, site=cfg.sensor.site, rule_ids=rule_ids(cfg.sensor.rules))
     server = None
     if args.serve:
         from sensor.exporter import MetricsServer
@@ -322,14 +322,14 @@ def cmd_rules(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from sensor.exporter import MetricsServer
     from sensor.live import LiveSensor
-    from sensor.metrics import SensorMetrics
+    from sensor.metrics import SensorMetrics, rule_ids
 
     if args.interface is not None:
         args.overrides.append(f"live.interface={json.dumps(args.interface)}")
     if args.bpf is not None:
         args.overrides.append(f"live.bpf={json.dumps(args.bpf)}")
     cfg = _load(args)
-    metrics = SensorMetrics(sensor_id=cfg.sensor.id, site=cfg.sensor.site)
+    metrics = SensorMetrics(sensor_id=cfg.sensor.id, site=cfg.sensor.site, rule_ids=rule_ids(cfg.sensor.rules))
     server = MetricsServer(metrics.registry, cfg.metrics).start()
     sensor = LiveSensor(cfg, metrics=metrics, reload=lambda: _load(args), capture=not args.spool_only)
     signal.signal(signal.SIGTERM, lambda *_: sensor.request_stop())

@@ -30,7 +30,7 @@ from sensor.config import Config
 from sensor.errors import SinkError, SourceError
 from sensor.exporter import MetricsServer
 from sensor.lakes import open_lake
-from sensor.metrics import SensorMetrics
+from sensor.metrics import SensorMetrics, rule_ids
 from sensor.rules.check import Checker, CheckReport
 from sensor.rules.check import problem_lines as rule_problem_lines
 from sensor.rules.check import render as render_findings
@@ -366,7 +366,7 @@ def _ingest(args: argparse.Namespace, cfg: Config) -> int:
     state = args.state
     if state is None and args.follow:
         state = lake / "_state" / f"zeek-{cfg.sensor.id}.json"
-    metrics = SensorMetrics()
+    metrics = SensorMetrics(sensor_id=cfg.sensor.id, site=cfg.sensor.site, rule_ids=rule_ids(cfg.sensor.rules))
     server = None
     if args.serve:
         server = MetricsServer(metrics.registry, cfg.metrics).start()
