@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
@@ -26,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from sensor.atomic import atomic_write
 from sensor.config import Config
 from sensor.errors import SinkError, SourceError
 from sensor.exporter import MetricsServer
@@ -71,14 +71,9 @@ class State:
             "positions": {k: p.to_dict() for k, p in sorted(self.positions.items())},
             "done": dict(sorted(self.done.items())),
         }
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("w") as fh:
-                json.dump(data, fh, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps(data, indent=1))
         except OSError as exc:
             raise SinkError(f"state file {path}: cannot write: {exc.strerror or exc}") from exc
 

@@ -2,9 +2,9 @@
 
 Guarantees (README, "Reliability"):
 - A file appears whole or not at all: it is written under a hidden temporary name in its partition directory,
-  fsynced, then hard-linked to its final name. `os.link` fails when the name exists, so a writer never
-  replaces a file it did not create; two writers that pick the same sequence number both get a file, one
-  of them under the next number.
+  fsynced, then hard-linked to its final name (`sensor.atomic.atomic_write`, no-replace mode). `os.link`
+  fails when the name exists, so a writer never replaces a file it did not create; two writers that pick the
+  same sequence number both get a file, one of them under the next number.
 - Temporary names carry the writer's host, pid and process start time. A writer, when it starts, removes
   the temporary files of writers on this host that are no longer alive (a `kill -9` mid-write), and any
   temporary file older than an hour whose writer it cannot check (another host, an older layout).
@@ -16,7 +16,6 @@ Guarantees (README, "Reliability"):
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sensor.atomic import NO_HARD_LINKS, Writer, atomic_write
 from sensor.errors import SinkError
 
 # <sensor>-<seq>[.<source>].parquet; sensor ids hold letters, digits, '.', '_' and '-' (sensor.config)
@@ -207,52 +207,32 @@ class LakeWriter:
             out.append(self._commit(table_name, day, hour, part_rows))
         return out
 
-    def _claim(self, part: Path, tmp: Path) -> Path:
-        """Give the written temporary file the next free final name; never replaces an existing file."""
+    def _claim(self, part: Path, write: Writer) -> Path:
+        """Write a file under the next free final name (`atomic_write`'s no-replace mode): never replaces an
+        existing file; a name another writer took meanwhile is passed over and the file written again."""
         seq = self._next_seq(part)
         while True:
-            final = part / self._name(seq)
             try:
-                os.link(tmp, final)
-                return final
+                return atomic_write(part / self._name(seq), write, replace=False, tmp_name=temp_name())
             except FileExistsError:
                 seq += 1
             except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                if exc.errno not in NO_HARD_LINKS:
                     raise
                 # no hard links on this filesystem: a random 18-digit sequence number nobody else will pick
                 final = part / self._name(uuid.uuid4().int % 10**18)
-                os.rename(tmp, final)
-                return final
+                return atomic_write(final, write, tmp_name=temp_name())
 
     def _commit(self, table_name: str, day: str, hour: str, rows: pa.Table) -> Written:
         part = self.root / table_name / f"date={day}" / f"hour={hour}"
-        tmp = part / temp_name()
         try:
             part.mkdir(parents=True, exist_ok=True)
-            try:
-                pq.write_table(rows, tmp, compression="zstd")
-                with tmp.open("rb") as fh:
-                    os.fsync(fh.fileno())
-                final = self._claim(part, tmp)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-            _fsync_dir(part)
+            final = self._claim(part, lambda fh: pq.write_table(rows, fh, compression="zstd"))
         except OSError as exc:
             raise SinkError(
                 f"lake {self.root}: cannot write {table_name} partition {day}/{hour}: {exc.strerror or exc}"
             ) from exc
         return Written(final, rows.num_rows)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def remove_files(paths: Sequence[Path]) -> int:

@@ -25,11 +25,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from sensor.analyze import Analyzer
+from sensor.atomic import atomic_write
 from sensor.config import Config
 from sensor.errors import SensorError, SinkError, SourceError
+from sensor.fastpath.path import PacketPath
 from sensor.lakes import Lake, open_lake
 from sensor.metrics import SensorMetrics
-from sensor.path import PacketPath
 from sensor.rules.check import Checker
 from sensor.rules.context import Window
 from sensor.site import Site
@@ -441,10 +442,8 @@ class LiveSensor:
         st.capture_restarts = capture.restarts if capture is not None else 0
         st.drops = self._iface_drops + (capture.drops if capture is not None else 0)
         path = status_path(self.cfg)
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            tmp.write_text(json.dumps(st.__dict__, indent=1))
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps(st.__dict__, indent=1), durable=False)  # rewritten every few seconds
         except OSError as exc:
             log.debug("status file: %s", exc)
 

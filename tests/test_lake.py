@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sensor.atomic import atomic_write
 from sensor.lake import LakeWriter, Source, clean_stale_temporaries, source_of, temp_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,12 +90,33 @@ def test_a_writer_never_replaces_a_file_it_did_not_create(tmp_path: Path) -> Non
     assert first.name == "sensor-000000.parquet"
     # the race: another writer listed the directory before `first` existed and claims the same number
     other = LakeWriter(tmp_path, "sensor")
-    tmp = part / temp_name()
-    pq.write_table(_small(5, 2), tmp)
-    claimed = other._claim(part, tmp)
-    tmp.unlink()
+    claimed = other._claim(part, lambda fh: pq.write_table(_small(5, 2), fh))
     assert claimed.name == "sensor-000001.parquet"
     assert pq.read_table(first).num_rows == 3
+    assert pq.read_table(claimed).num_rows == 5
+    assert not list(part.glob(".*.tmp"))
+
+
+def test_atomic_write_replaces_or_refuses_and_never_leaves_half_a_file(tmp_path: Path) -> None:
+    """replace=True renames over the target; replace=False refuses a taken name; a failed writer leaves the
+    target as it was; no temporary file is left in any case."""
+    target = tmp_path / "state.json"
+    atomic_write(target, "old")
+    atomic_write(target, b"new")
+    assert target.read_text() == "new"
+    with pytest.raises(FileExistsError):
+        atomic_write(target, b"other", replace=False)
+    assert target.read_text() == "new"
+
+    def fails(fh: object) -> None:
+        raise RuntimeError("writer failed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, fails)
+    assert target.read_text() == "new"
+    fresh = atomic_write(tmp_path / "fresh.bin", lambda fh: fh.write(b"x"), replace=False)
+    assert fresh.read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.bin", "state.json"]
 
 
 SIGKILL_MID_WRITE = """

@@ -9,16 +9,17 @@ its record count. The spool is bounded: past `max_records` the oldest batches ar
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from sensor.atomic import atomic_write
 from sensor.errors import SinkError
 
 _NAME = re.compile(r"^(?P<seq>\d{20})-(?P<batch>[0-9a-f]{32})\.(?P<table>[a-z_]+)\.(?P<rows>\d+)\.arrow$")
@@ -42,6 +43,11 @@ class Batch:
         return tbl.replace_schema_metadata(None), sensor
 
 
+def _write_ipc(fh: BinaryIO, rows: pa.Table) -> None:
+    with ipc.new_file(fh, rows.schema) as writer:
+        writer.write_table(rows)
+
+
 class Spool:
     """A directory of batches, oldest first."""
 
@@ -51,21 +57,13 @@ class Spool:
 
     def put(self, table: str, rows: pa.Table, sensor_id: str) -> Batch:
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex}.{table}.{rows.num_rows}.arrow"
-        final = self.path / name
-        tmp = self.path / f".{name}.tmp"
         meta = dict(rows.schema.metadata or {})
         meta[SENSOR_KEY] = sensor_id.encode()
         rows = rows.replace_schema_metadata(meta)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, rows.schema) as writer:
-                writer.write_table(rows)
-            with tmp.open("rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
+            final = atomic_write(self.path / name, lambda fh: _write_ipc(fh, rows))
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise SinkError(f"lake spool {self.path}: cannot write a batch: {exc.strerror or exc}") from exc
         m = _NAME.match(name)
         assert m is not None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import AbstractContextManager
 from typing import BinaryIO, Protocol
+
+from sensor.atomic import atomic_open
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 SNAPLEN = 262144
@@ -23,18 +23,10 @@ class CaptureWriter(Protocol):
     def write(self, ts_us: int, frame: bytes) -> None: ...
 
 
-@contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """A buffered binary file written under a temporary name and renamed into place only if all went well."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb", buffering=1 << 20) as fh:
-            yield fh
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def atomic_output(path: str | os.PathLike[str]) -> AbstractContextManager[BinaryIO]:
+    """A buffered binary file written under a temporary name and renamed into place only if all went well
+    (`sensor.atomic.atomic_open`, without fsync: a generated capture can be made again)."""
+    return atomic_open(path, durable=False)
 
 
 def pcap_header(linktype: int) -> bytes:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
+from sensor.atomic import atomic_write
 from sensor.config import Config
 from sensor.errors import SinkError
 from sensor.topology import Topology
@@ -35,10 +35,8 @@ def write_topology(cfg: Config, out: Path | None) -> str:
     if out is None:
         sys.stdout.write(text)
         return text
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, out)  # Zeek re-reads the file (Input::REREAD) when it changes: never half a file
+        atomic_write(out, text)  # Zeek re-reads the file (Input::REREAD) when it changes: never half a file
     except OSError as exc:
         raise SinkError(f"{out}: cannot write: {exc.strerror or exc}") from exc
     return text
