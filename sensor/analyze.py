@@ -16,10 +16,10 @@ import pyarrow as pa
 
 from sensor.config import Config
 from sensor.errors import SinkError
+from sensor.fastpath.path import PacketPath
 from sensor.lake import Source, Written
 from sensor.lakes import Lake, open_lake
 from sensor.metrics import SensorMetrics
-from sensor.path import PacketPath
 from sensor.records import RecordBuilder
 from sensor.rules.check import Checker, CheckReport
 from sensor.site import Site

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sensor import flows as fl
-from sensor import packets as pk
-from sensor import rtp
+from sensor.facts import media
 from sensor.facts.calls import CallIndex
 from sensor.facts.flowfacts import FlowFacts
+from sensor.fastpath import columns as col
+from sensor.fastpath import packets as pk
+from sensor.fastpath.flows import FlowTable
 from sensor.schema import FLOW_SCHEMA
 from sensor.services import service_for
 from sensor.site import Site
@@ -44,13 +45,13 @@ class RecordBuilder:
         starts: list[int],
         endpoints: dict[tuple[str, int, str, int, str], int],
         by_endpoint: dict[tuple[str, int], list[int]],
-        media_own: dict[int, list[rtp.Evidence]],
+        media_own: dict[int, list[media.Evidence]],
         kinds: dict[int, str],
-    ) -> list[rtp.Evidence]:
+    ) -> list[media.Evidence]:
         """Evidence from around a media flow: the call's SDP (answer decides), and its companion RTCP (or, for
         RTCP, its RTP) on port +/- 1 in either orientation (RFC 3550 §11) or on the a=rtcp port."""
         oh, op, rh, rp = ep
-        ev: list[rtp.Evidence] = []
+        ev: list[media.Evidence] = []
         is_rtcp = kind == "rtcp"
         b = calls.binding(((oh, op), (rh, rp)), starts[i], rtcp=is_rtcp)
         if b is not None and b.evidence is not None:
@@ -69,12 +70,10 @@ class RecordBuilder:
         for mate in sorted(m for m in mates if m is not None):
             for e in media_own.get(mate, []):
                 if e.text.startswith(("rtcp:", "len:", "bytes:", "payload:")):
-                    ev.append(rtp.Evidence(e.encrypted, round(e.confidence * 0.95, 3), "companion " + e.text))
+                    ev.append(media.Evidence(e.encrypted, round(e.confidence * 0.95, 3), "companion " + e.text))
         return ev
 
-    def build(
-        self, table: fl.FlowTable, facts: dict[int, FlowFacts], start: int = 0, end: int | None = None
-    ) -> pa.Table:
+    def build(self, table: FlowTable, facts: dict[int, FlowFacts], start: int = 0, end: int | None = None) -> pa.Table:
         """The flow records table[start:end] with every flow column (facts known so far)."""
         n = table.nflows
         fs = table.fs[:n]
@@ -88,30 +87,31 @@ class RecordBuilder:
                 v = addr_cache[k] = _addr(hi, lo)
             return v
 
-        orig_h = [addr(int(a), int(b)) for a, b in zip(fu[:, fl.U_ORIG_HI], fu[:, fl.U_ORIG_LO], strict=True)]
-        resp_h = [addr(int(a), int(b)) for a, b in zip(fu[:, fl.U_RESP_HI], fu[:, fl.U_RESP_LO], strict=True)]
-        proto = ["tcp" if p == 6 else "udp" for p in fs[:, fl.F_PROTO].tolist()]
-        orig_p = fs[:, fl.F_PORT_O].tolist()
-        resp_p = fs[:, fl.F_PORT_R].tolist()
+        orig_h = [addr(int(a), int(b)) for a, b in zip(fu[:, col.U_ORIG_HI], fu[:, col.U_ORIG_LO], strict=True)]
+        resp_h = [addr(int(a), int(b)) for a, b in zip(fu[:, col.U_RESP_HI], fu[:, col.U_RESP_LO], strict=True)]
+        proto = ["tcp" if p == 6 else "udp" for p in fs[:, col.F_PROTO].tolist()]
+        orig_p = fs[:, col.F_PORT_O].tolist()
+        resp_p = fs[:, col.F_PORT_R].tolist()
         orig_role = [self.topology.role_of(a) for a in orig_h]
         resp_role = [self.topology.role_of(a) for a in resp_h]
         sid = self.cfg.sensor.id
         uids = [
-            _uid(sid, orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i], int(fs[i, fl.F_FIRST_TS])) for i in range(n)
+            _uid(sid, orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i], int(fs[i, col.F_FIRST_TS]))
+            for i in range(n)
         ]
         per_flow: dict[str, list[Any]] = {
-            "flow_start": (fs[:, fl.F_FIRST_TS] // 1000).tolist(),
+            "flow_start": (fs[:, col.F_FIRST_TS] // 1000).tolist(),
             "uid": uids,
             "orig_h": orig_h,
             "orig_p": orig_p,
             "resp_h": resp_h,
             "resp_p": resp_p,
             "proto": proto,
-            "ip_version": fs[:, fl.F_IPVER].tolist(),
+            "ip_version": fs[:, col.F_IPVER].tolist(),
             "orig_role": orig_role,
             "resp_role": resp_role,
-            "orig_first_byte": [None if v < 0 else v for v in fs[:, fl.F_FIRST_BYTE].tolist()],
-            "resp_first_byte": [None if v < 0 else v for v in fs[:, fl.F_FIRST_BYTE + 1].tolist()],
+            "orig_first_byte": [None if v < 0 else v for v in fs[:, col.F_FIRST_BYTE].tolist()],
+            "resp_first_byte": [None if v < 0 else v for v in fs[:, col.F_FIRST_BYTE + 1].tolist()],
             "tcp_midstream": _midstream(fs),
         }
         fact_cols = self._fact_columns(table, facts, orig_h, orig_p, resp_h, resp_p, proto)
@@ -120,25 +120,25 @@ class RecordBuilder:
             proto, orig_p, resp_p, orig_role, resp_role, fact_cols["app"]
         )
         rec = table.rec[start : table.nrecords if end is None else end]
-        idx = rec[:, fl.R_FLOW]
+        idx = rec[:, col.R_FLOW]
         flow_fields = [f for f in FLOW_SCHEMA if f.name in per_flow]
         flow_tbl = pa.table({f.name: pa.array(per_flow[f.name], type=f.type) for f in flow_fields})
         taken = flow_tbl.take(pa.array(idx)) if idx.size else flow_tbl.slice(0, 0)
-        first = rec[:, fl.R_FIRST]
-        last = rec[:, fl.R_LAST]
+        first = rec[:, col.R_FIRST]
+        last = rec[:, col.R_LAST]
         cols: dict[str, pa.Array] = {
             "ts": pa.array(first // 1000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
             "ts_end": pa.array(last // 1000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-            "interval_seq": pa.array(rec[:, fl.R_SEQ], pa.int32()),
+            "interval_seq": pa.array(rec[:, col.R_SEQ], pa.int32()),
             "sensor_id": pa.array([sid] * len(rec), pa.string()),
             "source": pa.array([self.source_name] * len(rec), pa.string()),
             "duration": pa.array((last - first) / 1e9, pa.float64()),
-            "orig_pkts": pa.array(rec[:, fl.R_PK]),
-            "resp_pkts": pa.array(rec[:, fl.R_PK + 1]),
-            "orig_bytes": pa.array(rec[:, fl.R_BY]),
-            "resp_bytes": pa.array(rec[:, fl.R_BY + 1]),
-            "orig_ip_bytes": pa.array(rec[:, fl.R_IPBY]),
-            "resp_ip_bytes": pa.array(rec[:, fl.R_IPBY + 1]),
+            "orig_pkts": pa.array(rec[:, col.R_PK]),
+            "resp_pkts": pa.array(rec[:, col.R_PK + 1]),
+            "orig_bytes": pa.array(rec[:, col.R_BY]),
+            "resp_bytes": pa.array(rec[:, col.R_BY + 1]),
+            "orig_ip_bytes": pa.array(rec[:, col.R_IPBY]),
+            "resp_ip_bytes": pa.array(rec[:, col.R_IPBY + 1]),
         }
         arrays = []
         for f in FLOW_SCHEMA:
@@ -169,7 +169,7 @@ class RecordBuilder:
 
     def _fact_columns(
         self,
-        table: fl.FlowTable,
+        table: FlowTable,
         facts: dict[int, FlowFacts],
         orig_h: list[str],
         orig_p: list[int],
@@ -190,30 +190,30 @@ class RecordBuilder:
             (m for ff in facts.values() for m in ff.sip.stream_messages + ff.sip.other_messages),
             (m for ff in facts.values() for m in ff.sip.media if m.call_id is None),
         )
-        starts = fs[:, fl.F_FIRST_TS].tolist()
+        starts = fs[:, col.F_FIRST_TS].tolist()
         endpoints = {(orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i]): i for i in range(n)}
         by_endpoint: dict[tuple[str, int], list[int]] = {}
-        media_own: dict[int, list[rtp.Evidence]] = {}
+        media_own: dict[int, list[media.Evidence]] = {}
         kinds: dict[int, str] = {}
         for i in range(n):
-            if proto[i] != "udp" and not fs[i, fl.F_FRAMES]:
+            if proto[i] != "udp" and not fs[i, col.F_FRAMES]:
                 continue  # TCP carries media only framed per RFC 4571
-            st = table.media_stats(i)
-            if rtp.is_rtp_stream(st):
+            st = media_stats(table, i)
+            if media.is_rtp_stream(st):
                 kinds[i] = "rtp"
-            elif rtp.is_rtcp_stream(st):
+            elif media.is_rtcp_stream(st):
                 kinds[i] = "rtcp"
             else:
                 continue
-            media_own[i] = rtp.own_evidence(st)
+            media_own[i] = media.own_evidence(st)
             out["rtp_payload_types"][i] = list(st.payload_types) or None
             out["rtp_packets"][i] = st.rtp_packets
             out["rtcp_packets"][i] = st.rtcp_packets
-            out["rtp_ssrcs"][i] = len({int(x) for x in fs[i, fl.F_RTP_SSRC : fl.F_RTP_SSRC + 2] if x >= 0})
+            out["rtp_ssrcs"][i] = len({int(x) for x in fs[i, col.F_RTP_SSRC : col.F_RTP_SSRC + 2] if x >= 0})
             by_endpoint.setdefault((orig_h[i], orig_p[i]), []).append(i)
             by_endpoint.setdefault((resp_h[i], resp_p[i]), []).append(i)
         for i in range(n):
-            cls = fs[i, fl.F_CLS :]
+            cls = fs[i, col.F_CLS :]
             ff: FlowFacts | None = facts.get(i)
             sip_fast = int(cls[pk.CLS_SIP_REQ] + cls[pk.CLS_SIP_RESP])
             http_fast = int(cls[pk.CLS_HTTP_REQ])
@@ -259,8 +259,8 @@ class RecordBuilder:
                     kinds,
                 )
                 if ff is not None and ff.dtls_srtp:
-                    ev.append(rtp.Evidence(True, 0.9, "dtls:use_srtp keying on the same 5-tuple"))
-                enc, conf = rtp.verdict(ev)
+                    ev.append(media.Evidence(True, 0.9, "dtls:use_srtp keying on the same 5-tuple"))
+                enc, conf = media.verdict(ev)
                 out["media_encrypted"][i] = enc
                 out["media_confidence"][i] = conf
                 out["media_evidence"][i] = [e.text for e in ev] or None
@@ -300,10 +300,10 @@ def _app(
 
 def _midstream(fs: np.ndarray) -> list[bool | None]:
     """Per TCP flow: a direction sent payload whose SYN was never seen (stream offset 0 unknown)."""
-    tcp = fs[:, fl.F_PROTO] == 6
+    tcp = fs[:, col.F_PROTO] == 6
     mid = np.zeros(fs.shape[0], bool)
     for d in (0, 1):
-        mid |= (fs[:, fl.F_ISN + d] < 0) & (fs[:, fl.F_SEQ0 + d] >= 0)
+        mid |= (fs[:, col.F_ISN + d] < 0) & (fs[:, col.F_SEQ0 + d] >= 0)
     return [bool(m) if t else None for m, t in zip(mid.tolist(), tcp.tolist(), strict=True)]
 
 
@@ -319,3 +319,30 @@ def _uid(sensor_id: str, oh: str, op: int, rh: str, rp: int, proto: str, first_n
         h, r = divmod(h, 62)
         out.append(digits[r])
     return "C" + "".join(out)
+
+
+def media_stats(table: FlowTable, f: int) -> media.MediaStats:
+    """The RTP/RTCP statistics the compiled path kept for flow f."""
+    row = table.fs[f]
+    cls = row[col.F_CLS :]
+    fu = table.fu
+    pts = tuple(p for p in range(64) if int(fu[f, col.U_PT_LO]) >> p & 1) + tuple(
+        64 + p for p in range(64) if int(fu[f, col.U_PT_HI]) >> p & 1
+    )
+    udp = row[col.F_PROTO] == 17
+    return media.MediaStats(
+        rtp_packets=int(cls[pk.CLS_RTP]),
+        rtcp_packets=int(cls[pk.CLS_RTCP]),
+        # datagrams on UDP; RFC 4571 frames on TCP
+        udp_packets=int(row[col.F_TOT_PK] + row[col.F_TOT_PK + 1]) if udp else int(row[col.F_FRAMES]),
+        ssrc_same=int(row[col.F_SSRC_SAME]),
+        seq_ok=int(row[col.F_SEQ_OK]),
+        len_tested=int(row[col.F_LEN_TESTED]),
+        len_plain=int(row[col.F_LEN_PLAIN]),
+        len_tag=int(row[col.F_LEN_TAG]),
+        nib_counts=tuple(int(x) for x in table.nib[f]),
+        rtcp_plain=int(row[col.F_RTCP_PLAIN]),
+        rtcp_srtcp=int(row[col.F_RTCP_SRTCP]),
+        payload_types=pts,
+        payload=tuple(int(x) for x in table.pstats[f]),
+    )

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from sensor.facts.calls import CallIndex
-from sensor.facts.sip import parse_message
-from sensor.sip import SdpMedia, SipMessage
+from sensor.facts.sip import SdpMedia, SipMessage, parse_message
 
 S = 1_000_000_000
 CLIENT, SERVER = "192.0.2.10", "192.0.2.20"

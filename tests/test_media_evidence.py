@@ -12,8 +12,9 @@ from typing import cast
 import numpy as np
 import pytest
 
-from sensor import rtp
 from sensor.analyze import Analyzer
+from sensor.facts import media
+from sensor.fastpath import rtp
 from sensor.synth import build_labelled, write
 from sensor.synth.pcapio import PcapWriter, atomic_output
 from tests.conftest import CAPTURES, default_config, flows_by_uid
@@ -32,7 +33,7 @@ def _stats(packets: Iterable[bytes]) -> list[int]:
 
 
 def _kinds(packets: Iterable[bytes]) -> dict[str, bool]:
-    return {e.text.split()[0]: e.encrypted for e in rtp.payload_evidence(_stats(packets))}
+    return {e.text.split()[0]: e.encrypted for e in media.payload_evidence(_stats(packets))}
 
 
 def _rtp(pt: int, seq: int, ts: int, payload: bytes, ssrc: int = 0x1234ABCD) -> bytes:
@@ -125,7 +126,7 @@ def test_red_headers_name_a_payload_type() -> None:
         packets.append(_rtp(97, k, k * 960, head + bytes([111]) + frames[k - 1] + frames[k]))
     kinds = _kinds(packets)
     assert kinds["payload:red-headers"] is False
-    ev = [e for e in rtp.payload_evidence(_stats(packets)) if e.text.startswith("payload:red")]
+    ev = [e for e in media.payload_evidence(_stats(packets)) if e.text.startswith("payload:red")]
     assert "35 (35 naming a type of the stream)" in ev[0].text
     assert "payload:red-headers" not in _kinds(_protect(packets))
     noise = [_rtp(97, k, k * 960, bytes([0x80 | rng.randrange(128)]) + rng.randbytes(80)) for k in range(200)]

@@ -3,7 +3,7 @@ the labelled generator.
 
 Native side: each TCP stream's two directions as tshark follows them (`-z follow,tcp,raw`, reassembled
 out of order) go through FlowFacts.observe_streams, each UDP payload through observe_datagram. Wireshark
-side: sensor.dissect.dissect() on the whole file into FlowFacts.observe. Deliberate differences are
+side: sensor.facts.dissect.dissect() on the whole file into FlowFacts.observe. Deliberate differences are
 listed in DIFFERENCES with their reasons; everything else must be equal.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sensor.dissect import dissect
 from sensor.facts import FlowFacts
+from sensor.facts.dissect import dissect
 from sensor.synth import build_labelled, write
 from tests.conftest import CAPTURES
 

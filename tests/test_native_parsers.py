@@ -18,9 +18,9 @@ from cryptography.x509.oid import NameOID
 
 from sensor.facts import FlowFacts
 from sensor.facts import sip as native_sip
+from sensor.facts.http import REDACTED
 from sensor.facts.tls import parse_streams
 from sensor.facts.x509names import cert_names
-from sensor.http import REDACTED
 from tests.conftest import capture
 
 # ---- certificates and handshakes -----------------------------------------------------------------

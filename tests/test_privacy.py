@@ -15,7 +15,7 @@ import pytest
 from sensor import ingest_zeek
 from sensor.analyze import Analyzer
 from sensor.config import load_config
-from sensor.http import redact_path
+from sensor.facts.http import redact_path
 from sensor.synth import http as synth_http
 from sensor.synth.flow import Packet, TcpFlow
 from sensor.synth.packets import LINKTYPE_ETHERNET

@@ -7,7 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from sensor import flows as fl
+from sensor.fastpath import columns as fl
+from sensor.fastpath.flows import FlowTable
 from sensor.sources.pcap import Batch
 
 A4, B4 = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
@@ -48,10 +49,10 @@ def batch(packets: list[bytes], t0: int = 1_700_000_000 * 10**9) -> Batch:
     return Batch(buf, offs, lens, lens.copy(), ts, np.full(len(packets), RAW_IP, np.int16))
 
 
-def table() -> fl.FlowTable:
+def table() -> FlowTable:
     ports = np.zeros(65536, np.uint8)
     ports[5060] = ports[5061] = 1
-    return fl.FlowTable(
+    return FlowTable(
         interval_s=60, idle_s=120, fact_packets=12, sip_messages=64, server_tcp=ports, server_udp=ports, native=True
     )
 
@@ -134,7 +135,7 @@ def _handshake_segments() -> tuple[bytes, bytes, list[bytes]]:
 
 def _tcp_flow(
     server_order: list[int], *, syn: bool = True, drop: int | None = None, extra: list[bytes] = ()
-) -> fl.FlowTable:  # type: ignore[assignment]
+) -> FlowTable:  # type: ignore[assignment]
     client, _, segs = _handshake_segments()
     cisn, sisn = 1000, 900_000
     pkts = []

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sensor.rtp import Evidence
-from sensor.sip import SdpMedia, SipMessage
+from sensor.facts.media import Evidence
+from sensor.facts.sip import SdpMedia, SipMessage
 
 # A call whose end was not seen binds media for this long after its last message.
 CALL_TIMEOUT_NS = 4 * 3600 * 1_000_000_000

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sensor.dissect import DissectedPacket
 from sensor.facts import dtls, http, sip, stun, tls
-from sensor.http import HttpFacts
-from sensor.sip import SipFacts
-from sensor.stun import StunFacts
-from sensor.tls import TlsFacts
+from sensor.facts.dissect import DissectedPacket
+from sensor.facts.http import HttpFacts
+from sensor.facts.sip import SipFacts
+from sensor.facts.stun import StunFacts
+from sensor.facts.tls_facts import TlsFacts
 
 
 @dataclass

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from sensor.facts.x509names import cert_names
-from sensor.tls import (
+from sensor.facts.tls_facts import (
     HS_CERTIFICATE,
     HS_CERTIFICATE_REQUEST,
     HS_CLIENT_HELLO,
@@ -21,6 +20,7 @@ from sensor.tls import (
     SSL2_SERVER_HELLO,
     TlsFacts,
 )
+from sensor.facts.x509names import cert_names
 
 CT_CCS, CT_ALERT, CT_HANDSHAKE, CT_APPDATA = 20, 21, 22, 23
 _HEADER = struct.Struct("!BBBH")

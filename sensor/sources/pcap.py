@@ -17,7 +17,7 @@ import numba as nb
 import numpy as np
 import numpy.typing as npt
 
-import sensor.jit  # noqa: F401  (numba cache location; before any @njit)
+import sensor.fastpath.jit  # noqa: F401  (numba cache location; before any @njit)
 from sensor.errors import SourceError
 
 # Link types the decoder understands (tcpdump.org/linktypes.html).

@@ -19,7 +19,7 @@ from typing import Any
 
 from sensor.catalogue import Catalogue
 from sensor.config import Config
-from sensor.http import redact_path
+from sensor.facts.http import redact_path
 from sensor.services import service_for
 from sensor.sources.zeek.base import ZeekRecord
 from sensor.sources.zeek.fields import (

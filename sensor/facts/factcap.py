@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 from sensor.errors import SourceError
-from sensor.flows import FactPackets
+from sensor.fastpath.flows import FactPackets
 from sensor.sources.pcap import Batch
 
 

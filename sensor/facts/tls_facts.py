@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sensor.dissect import DissectedPacket
+from sensor.facts.dissect import DissectedPacket
 from sensor.schema import tls_version_name
 
 # Handshake message types (RFC 5246 §7.4; SSLv2 message types differ and are read from v2 records).

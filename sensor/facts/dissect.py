@@ -195,7 +195,7 @@ class DissectorProcess:
         self.error: str | None = None
         self.packets = 0
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "sensor.dissect"],
+            [sys.executable, "-m", "sensor.facts.dissect"],
             stdin=read_fd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -249,7 +249,7 @@ class DissectorProcess:
 
 
 def main() -> int:
-    """`python -m sensor.dissect`: the worker; reads pcapng on stdin, writes JSON lines on stdout."""
+    """`python -m sensor.facts.dissect`: the worker; reads pcapng on stdin, writes JSON lines on stdout."""
     try:
         serve(os.dup(0), sys.stdout)
     except SourceError as exc:

@@ -15,12 +15,13 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from sensor import flows as fl
 from sensor.config import Config
-from sensor.dissect import DissectedPacket, DissectorProcess
-from sensor.factcap import FactCapture
+from sensor.facts.dissect import DissectedPacket, DissectorProcess
+from sensor.facts.factcap import FactCapture
 from sensor.facts.flowfacts import FlowFacts
-from sensor.http import HttpFacts
+from sensor.facts.http import HttpFacts
+from sensor.fastpath import columns as col
+from sensor.fastpath import flows as fl
 from sensor.sources.pcap import Batch
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class PacketPath:
             return
         for f, d, ts, kind, payload in self.table.take_datagrams():
             ff = self._get(f)
-            if kind == fl.DG_DATAGRAM:
+            if kind == col.DG_DATAGRAM:
                 ff.observe_datagram(payload, d, ts)
             else:
                 ff.observe_message(payload, d, ts)
@@ -143,7 +144,7 @@ class PacketPath:
                 server_from_start=s.from_start,
                 client_complete=c.complete,
                 server_complete=s.complete,
-                ts_ns=int(self.table.fs[f, fl.F_FIRST_TS]),
+                ts_ns=int(self.table.fs[f, col.F_FIRST_TS]),
                 client_times=c.times,
                 server_times=s.times,
             )

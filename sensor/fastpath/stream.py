@@ -15,7 +15,7 @@ import numba as nb
 import numpy as np
 import numpy.typing as npt
 
-import sensor.jit  # noqa: F401  (numba cache location; before any @njit)
+import sensor.fastpath.jit  # noqa: F401  (numba cache location; before any @njit)
 
 # ---- IP fragments ----------------------------------------------------------------------------------------
 MAX_DATAGRAM = 65536

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-import sensor.jit  # noqa: F401  (numba cache location; before any @njit)
+import sensor.fastpath.jit  # noqa: F401  (numba cache location; before any @njit)
 
 # Payload signature classes: what the first bytes of a transport payload look like.
 CLS_NONE = 0  # no payload

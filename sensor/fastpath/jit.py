@@ -13,12 +13,22 @@ from pathlib import Path
 
 import numba
 
-KERNEL_MODULES = ("jit.py", "packets.py", "rtp.py", "stream.py", "flows.py", "sources/pcap.py")
+KERNEL_MODULES = (
+    "fastpath/jit.py",
+    "fastpath/packets.py",
+    "fastpath/rtp.py",
+    "fastpath/stream.py",
+    "fastpath/table_kernels.py",
+    "fastpath/packet_facts.py",
+    "fastpath/kernel.py",
+    "fastpath/flows.py",
+    "sources/pcap.py",
+)
 
 
 def cache_dir() -> str:
     h = hashlib.sha256(numba.__version__.encode())
-    base = Path(__file__).parent
+    base = Path(__file__).parent.parent  # the sensor package
     for name in KERNEL_MODULES:
         h.update((base / name).read_bytes())
     root = os.environ.get("LYNC_SENSOR_JIT_CACHE") or os.path.join(
