@@ -111,6 +111,7 @@ def invite_dialog(
 
 
 def hang_up(send: Callable[[int, bool, bytes], int], dialog: sip.Dialog, ts: int) -> int:
+    """Send BYE from the dialog originator and its 200 OK; returns the time of the answer."""
     bye = dialog.request("BYE")
     ts = send(ts, True, bye)
     return send(ts + 2_000, False, dialog.respond(bye, 200, "OK"))

@@ -13,6 +13,7 @@ def request(method: str, target: str, host: str, extra: tuple[tuple[str, str], .
 
 
 def response(status: int, reason: str, content_type: str, body: bytes) -> bytes:
+    """An HTTP/1.1 response as IIS 8.5 sends it, with Content-Type and Content-Length."""
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         f"Content-Type: {content_type}\r\n"

@@ -138,6 +138,7 @@ class Dialog:
 
 
 def ntlm_challenge(server_fqdn: str) -> tuple[str, str]:
+    """The WWW-Authenticate header of a Lync NTLM challenge from server_fqdn."""
     return (
         "WWW-Authenticate",
         f'NTLM realm="SIP Communications Service", targetname="{server_fqdn}", version=4',
@@ -145,6 +146,7 @@ def ntlm_challenge(server_fqdn: str) -> tuple[str, str]:
 
 
 def ntlm_authorization(rng: random.Random, server_fqdn: str) -> tuple[str, str]:
+    """The Authorization header of a Lync NTLM answer (random gssapi-data) to server_fqdn."""
     blob = base64.b64encode(rng.randbytes(48)).decode()
     realm = 'realm="SIP Communications Service"'
     return ("Authorization", f'NTLM qop="auth", {realm}, targetname="{server_fqdn}", gssapi-data="{blob}"')

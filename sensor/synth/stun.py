@@ -56,10 +56,12 @@ def message(msg_type: int, txid: bytes, attrs: Sequence[bytes], fingerprint: boo
 
 
 def binding_request(txid: bytes) -> bytes:
+    """An RFC 5389 Binding request with Lync's SOFTWARE attribute."""
     return message(BINDING_REQUEST, txid, [attribute(ATTR_SOFTWARE, b"Microsoft Lync 2013")])
 
 
 def binding_response(txid: bytes, mapped_ip: bytes, mapped_port: int) -> bytes:
+    """An RFC 5389 Binding success response carrying the XOR-MAPPED-ADDRESS."""
     mapped = attribute(ATTR_XOR_MAPPED_ADDRESS, xor_address(mapped_ip, mapped_port))
     return message(BINDING_RESPONSE, txid, [mapped])
 

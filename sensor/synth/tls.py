@@ -75,6 +75,7 @@ def _u16s(values: Sequence[int]) -> bytes:
 
 
 def extension(ext_type: int, data: bytes) -> bytes:
+    """A TLS extension: type and length-prefixed data."""
     return struct.pack("!H", ext_type) + _u16_vec(data)
 
 
@@ -164,10 +165,12 @@ def certificate_request(version: int, authorities: Sequence[bytes]) -> bytes:
 
 
 def server_hello_done() -> bytes:
+    """A ServerHelloDone handshake message (empty body)."""
     return handshake(SERVER_HELLO_DONE, b"")
 
 
 def client_key_exchange_ecdhe(rng: random.Random) -> bytes:
+    """An ECDHE ClientKeyExchange: a random uncompressed P-256 point."""
     return handshake(CLIENT_KEY_EXCHANGE, _u8_vec(b"\x04" + rng.randbytes(64)))
 
 
@@ -178,11 +181,13 @@ def client_key_exchange_rsa(rng: random.Random, version: int) -> bytes:
 
 
 def certificate_verify(rng: random.Random, version: int) -> bytes:
+    """A CertificateVerify with a random RSA signature (TLS 1.2 names the algorithm first)."""
     alg = struct.pack("!H", SIG_RSA_PKCS1_SHA256) if version >= TLS12 else b""
     return handshake(CERTIFICATE_VERIFY, alg + _u16_vec(rng.randbytes(256)))
 
 
 def change_cipher_spec(version: int) -> bytes:
+    """A ChangeCipherSpec record."""
     return record(CHANGE_CIPHER_SPEC, version, b"\x01")
 
 
@@ -192,6 +197,7 @@ def encrypted_finished(rng: random.Random, version: int, length: int = 40) -> by
 
 
 def application_data(rng: random.Random, version: int, length: int) -> bytes:
+    """An application_data record of random (encrypted-looking) bytes."""
     return record(APPLICATION_DATA, version, rng.randbytes(length))
 
 
@@ -200,6 +206,7 @@ SSL2_CLIENT_HELLO, SSL2_CLIENT_MASTER_KEY, SSL2_SERVER_HELLO = 1, 2, 4
 
 
 def ssl2_record(body: bytes) -> bytes:
+    """An SSLv2 record: 2-byte header with the high bit set, no padding."""
     return struct.pack("!H", 0x8000 | len(body)) + body
 
 

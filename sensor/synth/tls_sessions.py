@@ -48,6 +48,7 @@ def _finish(rng: random.Random, version: int, length: int = 40) -> bytes:
 
 
 def exchange_app_data(flow: TcpFlow, ts: int, version: int, records: int) -> int:
+    """Send `records` application_data records, the client first; returns the time of the final ACK."""
     for i in range(records):
         from_client = i % 2 == 0
         record = t.application_data(flow.rng, version, flow.rng.randrange(60, 900))

@@ -26,10 +26,12 @@ def tlv(tag: int, value: bytes) -> bytes:
 
 
 def seq(*items: bytes) -> bytes:
+    """A DER SEQUENCE of the encoded items."""
     return tlv(0x30, b"".join(items))
 
 
 def oid(dotted: str) -> bytes:
+    """A DER OBJECT IDENTIFIER from its dotted form."""
     parts = [int(p) for p in dotted.split(".")]
     body = bytearray([40 * parts[0] + parts[1]])
     for part in parts[2:]:
