@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ; returns the exit code."""
+    """Run `python -m sensor.synth`: parse argv, write what the subcommand asks for; returns the exit code."""
     args = _parser().parse_args(argv)
     if args.command == "labelled":
         scenario = build_labelled(args.seed)
