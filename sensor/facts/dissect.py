@@ -77,6 +77,7 @@ def _flatten(obj: Any, key: str | None, out: dict[str, list[str]]) -> None:
 
 
 def tshark_path() -> str:
+    """The tshark executable on PATH; SourceError when it is not installed."""
     path = shutil.which("tshark")
     if not path:
         raise SourceError("tshark not found on PATH (install the Debian package 'tshark': make setup)")

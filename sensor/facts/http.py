@@ -177,11 +177,13 @@ MAX_HEADER = 65536
 
 
 def starts_request(data: bytes, pos: int = 0) -> bool:
+    """True if data[pos:] starts with an HTTP request line (a known method and a space)."""
     sp = data.find(b" ", pos, pos + 16)
     return sp > pos and data[pos:sp] in METHODS
 
 
 def starts_response(data: bytes, pos: int = 0) -> bool:
+    """True if data[pos:] starts with an HTTP/1.0 or HTTP/1.1 status line."""
     return data.startswith((b"HTTP/1.0 ", b"HTTP/1.1 "), pos)
 
 

@@ -58,6 +58,7 @@ def sslv2_at(data: bytes, pos: int = 0) -> bool:
 
 
 def starts_tls(data: bytes) -> bool:
+    """True if data starts with a TLS record header or an SSLv2 hello."""
     return record_at(data, 0) or sslv2_at(data, 0)
 
 
