@@ -27,6 +27,7 @@ KERNEL_MODULES = (
 
 
 def cache_dir() -> str:
+    """The numba cache directory for this numba version and these kernel sources."""
     h = hashlib.sha256(numba.__version__.encode())
     base = Path(__file__).parent.parent  # the sensor package
     for name in KERNEL_MODULES:

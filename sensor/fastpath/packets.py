@@ -79,16 +79,19 @@ for _i, _m in enumerate(_METHODS):
 
 @nb.njit(cache=True, nogil=True, inline="always")
 def be16(buf, p):  # type: ignore[no-untyped-def]
+    """The big-endian unsigned 16-bit integer at buf[p]."""
     return (np.int64(buf[p]) << 8) | buf[p + 1]
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
 def be32(buf, p):  # type: ignore[no-untyped-def]
+    """The big-endian unsigned 32-bit integer at buf[p]."""
     return (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16) | (np.int64(buf[p + 2]) << 8) | buf[p + 3]
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
 def be64(buf, p):  # type: ignore[no-untyped-def]
+    """The big-endian unsigned 64-bit integer at buf[p]."""
     return (np.uint64(be32(buf, p)) << np.uint64(32)) | np.uint64(be32(buf, p + 4))
 
 
