@@ -73,6 +73,7 @@ def merge(
 
 
 def read_file(path: Path) -> dict[str, Any]:
+    """The TOML file at path as a dict; ConfigError naming the file when it cannot be read or parsed."""
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)

@@ -350,6 +350,7 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 def split_listen(listen: str) -> tuple[str, int]:
+    """Split a listen address "host:port" or "[v6]:port" into host and port."""
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
 

@@ -340,6 +340,7 @@ _PROBLEM_TEXT = {
 
 
 def problem_lines(result: IngestResult) -> list[str]:
+    """The problems of an ingest as lines for the user, one per kind with its count."""
     out = [f"{n:,} {_PROBLEM_TEXT.get(k, k)}" for k, n in sorted(result.problems.items()) if n]
     if result.dropped_no_ts:
         out.append(f"{result.dropped_no_ts:,} flow(s) without any usable ts dropped")

@@ -37,6 +37,7 @@ def summarize(flows: pa.Table) -> dict[str, list[tuple[object, ...]]]:
 
 
 def render(flows: pa.Table) -> str:
+    """The summary of a flow table as text: role pairs and apps, TLS versions, plaintext and media."""
     s = summarize(flows)
     lines = [
         "Flows by role pair and application:",
