@@ -38,6 +38,7 @@ class CheckReport:
 
 
 def rules_dir(cfg: Config) -> Path:
+    """The rules directory: sensor.rules if set, else the rules shipped with the package."""
     return Path(cfg.sensor.rules) if cfg.sensor.rules else default_rules_dir()
 
 
@@ -50,6 +51,7 @@ def parse_since(text: str, now: datetime) -> context.Window:
 
 
 def parse_time(text: str, flag: str) -> datetime:
+    """An ISO 8601 time for flag; a time without a zone is UTC."""
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -123,5 +123,6 @@ def new_findings(lake: Path, findings: pa.Table) -> pa.Table:
 
 
 def write_findings(lake: Path, sensor_id: str, findings: pa.Table) -> tuple[pa.Table, list[Written]]:
+    """Write the findings not already in the lake; returns them and the files written."""
     fresh = new_findings(lake, findings)
     return fresh, LakeWriter(lake, sensor_id).write("findings", fresh)
