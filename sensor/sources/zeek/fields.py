@@ -98,6 +98,7 @@ def tls_version(zeek: str | None) -> tuple[str | None, bool]:
 
 
 def alert_code(name: str | None) -> str | None:
+    """The numeric TLS alert code (as text) of a Zeek alert name or "unknown-N"; None if unknown."""
     if not name:
         return None
     m = _UNKNOWN_N.match(name)

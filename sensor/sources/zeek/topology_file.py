@@ -31,6 +31,7 @@ def topology_tsv(cfg: Config) -> str:
 
 
 def write_topology(cfg: Config, out: Path | None) -> str:
+    """Write the topology TSV atomically to out, or to stdout when out is None; returns the text."""
     text = topology_tsv(cfg)
     if out is None:
         sys.stdout.write(text)
