@@ -21,10 +21,12 @@ _PACKAGES = {name: f"duckdb-ext-{name}" for name in EXTENSIONS}
 
 
 def duckdb_version() -> str:
+    """The DuckDB version as extension directories spell it ("v1.4.4")."""
     return "v" + duckdb.__version__.lstrip("v")
 
 
 def platform_dir() -> str:
+    """The DuckDB extension platform of this machine ("linux_amd64", "linux_arm64")."""
     machine = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), platform.machine())
     return f"linux_{machine}"
 
