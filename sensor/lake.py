@@ -153,9 +153,40 @@ def source_of(path: Path) -> str | None:
     return m.group("source") if m else None
 
 
+def partition_dir(root: Path, table_name: str, day: str, hour: str) -> Path:
+    """The directory of one hour of a table: `<lake>/<table>/date=YYYY-MM-DD/hour=HH`."""
+    return root / table_name / f"date={day}" / f"hour={hour}"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One hour partition of a table."""
+
+    day: str  # YYYY-MM-DD
+    hour: str  # HH
+    path: Path
+
+
+def partitions(root: Path, table_name: str) -> list[Partition]:
+    """A table's hour partitions, oldest first."""
+    out = []
+    for d in (root / table_name).glob("date=*"):
+        for h in d.glob("hour=*"):
+            out.append(Partition(d.name.removeprefix("date="), h.name.removeprefix("hour="), h))
+    return sorted(out, key=lambda p: (p.day, p.hour))
+
+
+def files(root: Path, table_name: str, *, sensor: str | None = None, source: str | None = None) -> list[Path]:
+    """A table's Parquet files (of one sensor id, and of one offline source, if given), sorted by path."""
+    name = f"{sensor}-*" if sensor is not None else "*"
+    if source is not None:
+        name += f".{source}"
+    return sorted((root / table_name).glob(f"date=*/hour=*/{name}.parquet"))
+
+
 def files_of_source(root: Path, table_name: str, source: str) -> list[Path]:
     """Every file of a table written from one source."""
-    return sorted((root / table_name).glob(f"date=*/hour=*/*.{source}.parquet"))
+    return files(root, table_name, source=source)
 
 
 class LakeWriter:
@@ -224,7 +255,7 @@ class LakeWriter:
                 return atomic_write(final, write, tmp_name=temp_name())
 
     def _commit(self, table_name: str, day: str, hour: str, rows: pa.Table) -> Written:
-        part = self.root / table_name / f"date={day}" / f"hour={hour}"
+        part = partition_dir(self.root, table_name, day, hour)
         try:
             part.mkdir(parents=True, exist_ok=True)
             final = self._claim(part, lambda fh: pq.write_table(rows, fh, compression="zstd"))
@@ -288,5 +319,10 @@ def claim_source(root: Path, source: Source) -> Iterator[None]:
 
 
 def glob(root: Path, table_name: str) -> str:
-    """The DuckDB glob for a lake table."""
+    """The DuckDB glob for a lake table (read with `hive_partitioning = true` for the date and hour columns)."""
     return str(root / table_name / "**" / "*.parquet")
+
+
+def sql_glob(root: Path, table_name: str) -> str:
+    """`glob` quoted for a SQL string literal."""
+    return glob(root, table_name).replace("'", "''")

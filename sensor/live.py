@@ -29,6 +29,7 @@ from sensor.atomic import atomic_write
 from sensor.config import Config
 from sensor.errors import SensorError, SinkError, SourceError
 from sensor.fastpath.path import PacketPath
+from sensor.lake import partitions
 from sensor.lakes import Lake, open_lake
 from sensor.metrics import SensorMetrics
 from sensor.rules.check import Checker
@@ -452,20 +453,17 @@ def apply_retention(lake: Path, *, days: int, max_bytes: int, now: float) -> lis
     """Delete hour partitions of the lake's tables older than `days`, then the oldest ones while the lake is
     larger than `max_bytes` (0 = no limit for either). Returns the partitions removed, oldest first."""
     cutoff = (datetime.fromtimestamp(now, UTC) - timedelta(days=days)).date().isoformat() if days else None
-    parts: list[tuple[str, str, Path]] = []
-    for tbl in ("flows", "findings"):
-        for d in (lake / tbl).glob("date=*"):
-            for h in d.glob("hour=*"):
-                parts.append((d.name[5:], h.name[5:], h))
-    parts.sort()
+    parts = sorted(
+        (p for tbl in ("flows", "findings") for p in partitions(lake, tbl)), key=lambda p: (p.day, p.hour, p.path)
+    )
     removed: list[Path] = []
     kept: list[tuple[Path, int]] = []
-    for day, _, path in parts:
-        if cutoff and day < cutoff:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+    for p in parts:
+        if cutoff and p.day < cutoff:
+            shutil.rmtree(p.path, ignore_errors=True)
+            removed.append(p.path)
         else:
-            kept.append((path, sum(f.stat().st_size for f in path.glob("*.parquet"))))
+            kept.append((p.path, sum(f.stat().st_size for f in p.path.glob("*.parquet"))))
     total = sum(size for _, size in kept)
     for path, size in kept:
         if not max_bytes or total <= max_bytes:

@@ -10,6 +10,8 @@ import duckdb
 import pytest
 
 from sensor.cli import main
+from sensor.lake import files as lake_files
+from sensor.lake import sql_glob
 from sensor.schema import FLOW_SCHEMA
 from tests.conftest import EXAMPLE_CONFIG, capture
 
@@ -20,7 +22,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def lake_rows(lake: Path, sql: str = "SELECT count(*) FROM f") -> list[tuple[object, ...]]:
     con = duckdb.connect()
-    con.execute(f"CREATE VIEW f AS SELECT * FROM read_parquet('{lake}/flows/**/*.parquet', hive_partitioning=true)")
+    con.execute(f"CREATE VIEW f AS SELECT * FROM read_parquet('{sql_glob(lake, 'flows')}', hive_partitioning=true)")
     return con.execute(sql).fetchall()
 
 
@@ -39,7 +41,7 @@ def test_analyze_writes_hive_partitioned_lake(tmp_path: Path) -> None:
     assert "Flows by role pair and application" in r.stdout
     assert "R2 " in r.stdout
     assert "plaintext SIP flows" in r.stdout
-    files = list((lake / "flows").glob("date=*/hour=*/sensor-a-*.parquet"))
+    files = lake_files(lake, "flows", sensor="sensor-a")
     assert len(files) == 1
     assert files[0].parent.name.startswith("hour=") and files[0].parent.parent.name.startswith("date=")
     assert lake_rows(lake) == [(3,)]

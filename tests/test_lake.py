@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sensor.atomic import atomic_write
-from sensor.lake import LakeWriter, Source, clean_stale_temporaries, source_of, temp_name
+from sensor.lake import LakeWriter, Source, clean_stale_temporaries, source_of, sql_glob, temp_name
+from sensor.lake import files as lake_files
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "lync-sample.pcap"
@@ -41,11 +42,9 @@ def finish(p: subprocess.Popen[str]) -> tuple[int, str, str]:
 
 
 def rows(lake: Path, table: str, what: str = "count(*)") -> int:
-    files = list((lake / table).glob("date=*/hour=*/*.parquet"))
-    if not files:
+    if not lake_files(lake, table):
         return 0
-    glob = str(lake / table / "**" / "*.parquet")
-    row = duckdb.sql(f"SELECT {what} FROM read_parquet('{glob}', hive_partitioning = true)").fetchone()
+    row = duckdb.sql(f"SELECT {what} FROM read_parquet('{sql_glob(lake, table)}', hive_partitioning = true)").fetchone()
     assert row is not None
     return int(row[0])
 
@@ -73,7 +72,7 @@ def test_parallel_writers_to_one_partition_lose_nothing(tmp_path: Path) -> None:
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    files = sorted((tmp_path / "flows").glob("date=*/hour=*/*.parquet"))
+    files = lake_files(tmp_path, "flows")
     assert len(files) == 160
     assert rows(tmp_path, "flows") == 4 * 40 * 7
     for tag in range(4):

@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from sensor.lake import sql_glob
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 
 EXAMPLE = ROOT / "examples" / "lync-sample.pcap"
@@ -150,7 +151,7 @@ class Sensor:
 
 def lake_query(lake: Path, table: str, sql: str) -> list[tuple[object, ...]]:
     con = duckdb.connect()
-    con.execute(f"CREATE VIEW t AS SELECT * FROM read_parquet('{lake}/{table}/**/*.parquet', hive_partitioning=true)")
+    con.execute(f"CREATE VIEW t AS SELECT * FROM read_parquet('{sql_glob(lake, table)}', hive_partitioning=true)")
     return con.execute(sql).fetchall()
 
 

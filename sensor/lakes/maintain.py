@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 
 from sensor.errors import SinkError
+from sensor.lake import files as lake_files
 from sensor.lakes.ducklake import ALIAS, SCHEMAS, DuckLake, _msg, _q
 
 _SOURCE = re.compile(r"\.([0-9a-f]{16})\.parquet$")
@@ -108,7 +109,7 @@ def import_parquet(lake: DuckLake, root: Path) -> dict[str, int]:
     """Copy a local Parquet lake's flows and findings into the DuckLake, each file once (the commit ledger
     remembers which were imported, so a second import adds only the files that are new since)."""
     done: dict[str, int] = {}
-    files = {t: sorted((root / t).glob("date=*/hour=*/*.parquet")) for t in SCHEMAS}
+    files = {t: lake_files(root, t) for t in SCHEMAS}
     if not any(files.values()):
         raise SinkError(f"lake {root}: no Parquet flows or findings to import")
 

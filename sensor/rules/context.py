@@ -22,6 +22,8 @@ import pyarrow as pa
 
 from sensor.catalogue import Catalogue
 from sensor.config import Config
+from sensor.lake import files as lake_files
+from sensor.lake import sql_glob
 from sensor.roles import EDGE_EXTERNAL_ROLES, GATEWAY_PEER_ROLES, GATEWAY_ROLES, ROLE_FAMILY, SERVER_ROLES
 from sensor.schema import FLOW_COLUMNS, FLOW_SCHEMA
 from sensor.topology import Topology
@@ -103,8 +105,7 @@ def register_flows_from_lake(
 ) -> int:
     """Rules over the lake's flow records that overlap the window (and come from the given sensors, if any);
     returns the number of records."""
-    files = list((lake / "flows").glob("date=*/hour=*/*.parquet"))
-    if not files:
+    if not lake_files(lake, "flows"):
         con.register("flow_records_arrow", FLOW_SCHEMA.empty_table())
         con.execute("CREATE OR REPLACE TEMP VIEW flow_records AS SELECT * FROM flow_records_arrow")
     else:
@@ -126,7 +127,7 @@ def register_flows_from_lake(
             where.append(f"ts < TIMESTAMPTZ '{window.end.isoformat()}'")
         if sensors:
             where.append(f"sensor_id IN ({_lit(set(sensors))})")
-        glob = str(lake / "flows" / "**" / "*.parquet").replace("'", "''")
+        glob = sql_glob(lake, "flows")
         con.execute(f"""
             CREATE OR REPLACE TEMP VIEW flow_records AS
             SELECT * EXCLUDE (date, hour) FROM read_parquet('{glob}', hive_partitioning = true,
