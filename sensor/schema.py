@@ -5,44 +5,60 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Literal
 
 import pyarrow as pa
+
+ColumnKind = Literal["key", "counter", "fact"]
 
 
 @dataclass(frozen=True)
 class Column:
-    """One column of a lake table: its name, Arrow type and the sentence that documents it."""
+    """One column of a lake table: its name, Arrow type, the sentence that documents it, and its kind.
+
+    kind: "key" names the flow and its interval record (addresses, ports, uid, times); "counter" is counted
+    per interval record, so a flow's total is the sum over its records; "fact" is what was seen on the flow.
+    """
 
     name: str
     type: pa.DataType
     description: str
+    kind: ColumnKind = "fact"
 
 
 _TS = pa.timestamp("us", tz="UTC")
 _STRS = pa.list_(pa.string())
 
 FLOW_COLUMNS: tuple[Column, ...] = (
-    Column("ts", _TS, "Start of this interval record: the first packet of the flow seen in the interval (UTC)."),
-    Column("ts_end", _TS, "Last packet of the flow seen in this interval (UTC)."),
+    Column(
+        "ts", _TS, "Start of this interval record: the first packet of the flow seen in the interval (UTC).", kind="key"
+    ),
+    Column("ts_end", _TS, "Last packet of the flow seen in this interval (UTC).", kind="key"),
     Column(
         "flow_start",
         _TS,
         "First packet of the whole flow (UTC); the same on every interval record of a flow.",
+        kind="key",
     ),
     Column(
         "interval_seq",
         pa.int32(),
         "0 for the first interval record of a flow, then 1, 2, ... for long flows.",
+        kind="key",
     ),
-    Column("uid", pa.string(), "Flow identifier, stable across the interval records of one flow (Zeek-style)."),
-    Column("sensor_id", pa.string(), "Sensor that observed the flow ([sensor] id in the config)."),
-    Column("source", pa.string(), "Front end that produced the record: 'pcap', 'live' or 'zeek'."),
-    Column("orig_h", pa.string(), "Originator address (the side that sent the first packet or the TCP SYN)."),
-    Column("orig_p", pa.int32(), "Originator port."),
-    Column("resp_h", pa.string(), "Responder address."),
-    Column("resp_p", pa.int32(), "Responder port."),
-    Column("proto", pa.string(), "Transport protocol: 'tcp' or 'udp'."),
-    Column("ip_version", pa.int8(), "4 or 6."),
+    Column(
+        "uid", pa.string(), "Flow identifier, stable across the interval records of one flow (Zeek-style).", kind="key"
+    ),
+    Column("sensor_id", pa.string(), "Sensor that observed the flow ([sensor] id in the config).", kind="key"),
+    Column("source", pa.string(), "Front end that produced the record: 'pcap', 'live' or 'zeek'.", kind="key"),
+    Column(
+        "orig_h", pa.string(), "Originator address (the side that sent the first packet or the TCP SYN).", kind="key"
+    ),
+    Column("orig_p", pa.int32(), "Originator port.", kind="key"),
+    Column("resp_h", pa.string(), "Responder address.", kind="key"),
+    Column("resp_p", pa.int32(), "Responder port.", kind="key"),
+    Column("proto", pa.string(), "Transport protocol: 'tcp' or 'udp'.", kind="key"),
+    Column("ip_version", pa.int8(), "4 or 6.", kind="key"),
     Column(
         "service",
         pa.string(),
@@ -69,12 +85,26 @@ FLOW_COLUMNS: tuple[Column, ...] = (
         "Application protocol seen: tls, sip, http, rtp, srtp, rtcp, srtcp, stun, ms-turn, sslv2, dtls, or null.",
     ),
     Column("duration", pa.float64(), "Seconds between ts and ts_end."),
-    Column("orig_pkts", pa.int64(), "Packets from the originator in this interval."),
-    Column("resp_pkts", pa.int64(), "Packets from the responder in this interval."),
-    Column("orig_bytes", pa.int64(), "Transport payload bytes from the originator in this interval (as Zeek)."),
-    Column("resp_bytes", pa.int64(), "Transport payload bytes from the responder in this interval (as Zeek)."),
-    Column("orig_ip_bytes", pa.int64(), "IP bytes (headers included) from the originator in this interval."),
-    Column("resp_ip_bytes", pa.int64(), "IP bytes (headers included) from the responder in this interval."),
+    Column("orig_pkts", pa.int64(), "Packets from the originator in this interval.", kind="counter"),
+    Column("resp_pkts", pa.int64(), "Packets from the responder in this interval.", kind="counter"),
+    Column(
+        "orig_bytes",
+        pa.int64(),
+        "Transport payload bytes from the originator in this interval (as Zeek).",
+        kind="counter",
+    ),
+    Column(
+        "resp_bytes",
+        pa.int64(),
+        "Transport payload bytes from the responder in this interval (as Zeek).",
+        kind="counter",
+    ),
+    Column(
+        "orig_ip_bytes", pa.int64(), "IP bytes (headers included) from the originator in this interval.", kind="counter"
+    ),
+    Column(
+        "resp_ip_bytes", pa.int64(), "IP bytes (headers included) from the responder in this interval.", kind="counter"
+    ),
     Column(
         "orig_first_byte",
         pa.int16(),
@@ -176,6 +206,8 @@ FLOW_SCHEMA: pa.Schema = pa.schema(
     [pa.field(c.name, c.type, metadata={"description": c.description}) for c in FLOW_COLUMNS],
     metadata={"table": "flows", "schema_version": "1"},
 )
+# The per-interval counters: a flow's totals are their sums over its interval records.
+FLOW_COUNTERS: tuple[str, ...] = tuple(c.name for c in FLOW_COLUMNS if c.kind == "counter")
 
 APP_VALUES: tuple[str, ...] = (
     "tls",

@@ -10,6 +10,7 @@ import pytest
 
 from sensor.analyze import Analysis, Analyzer
 from sensor.config import Config, load_config
+from sensor.schema import FLOW_COUNTERS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -68,7 +69,7 @@ def flows_by_uid(table: pa.Table) -> list[dict[str, object]]:
             out[row["uid"]] = dict(row, intervals=1)
             continue
         cur["intervals"] = int(cur["intervals"]) + 1  # type: ignore[call-overload]
-        for k in ("orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes"):
+        for k in FLOW_COUNTERS:
             cur[k] = int(cur[k]) + int(row[k])  # type: ignore[call-overload]
     return list(out.values())
 

@@ -25,10 +25,9 @@ from sensor.config import Config
 from sensor.lake import files as lake_files
 from sensor.lake import sql_glob
 from sensor.roles import EDGE_EXTERNAL_ROLES, GATEWAY_PEER_ROLES, GATEWAY_ROLES, ROLE_FAMILY, SERVER_ROLES
-from sensor.schema import FLOW_COLUMNS, FLOW_SCHEMA
+from sensor.schema import FLOW_COLUMNS, FLOW_COUNTERS, FLOW_SCHEMA
 from sensor.topology import Topology
 
-SUMMED = ("orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes")
 # The evidence bar for a plain-media violation (R7, R8(a)); documented in queries/README.md.
 PLAIN_MEDIA_CONFIDENCE = 0.8
 PLAIN_MEDIA_PACKETS = 10
@@ -52,8 +51,8 @@ def _lit(values: object) -> str:
 
 
 def _flows_view(con: duckdb.DuckDBPyConnection) -> None:
-    facts = [c.name for c in FLOW_COLUMNS if c.name not in (*SUMMED, "ts", "ts_end", "uid", "duration")]
-    sums = ", ".join(f"sum({c})::BIGINT AS {c}" for c in SUMMED)
+    facts = [c.name for c in FLOW_COLUMNS if c.name not in (*FLOW_COUNTERS, "ts", "ts_end", "uid", "duration")]
+    sums = ", ".join(f"sum({c})::BIGINT AS {c}" for c in FLOW_COUNTERS)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE flows AS
         WITH agg AS (
@@ -64,7 +63,7 @@ def _flows_view(con: duckdb.DuckDBPyConnection) -> None:
             SELECT * FROM flow_records QUALIFY row_number() OVER (PARTITION BY uid ORDER BY ts DESC) = 1
         )
         SELECT agg.uid, agg.ts, agg.ts_end, epoch(agg.ts_end) - epoch(agg.ts) AS duration,
-               {", ".join("agg." + c for c in SUMMED)}, agg.records, {", ".join("latest." + c for c in facts)}
+               {", ".join("agg." + c for c in FLOW_COUNTERS)}, agg.records, {", ".join("latest." + c for c in facts)}
         FROM agg JOIN latest USING (uid)
     """)
 

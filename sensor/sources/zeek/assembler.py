@@ -20,6 +20,7 @@ from typing import Any
 from sensor.catalogue import Catalogue
 from sensor.config import Config
 from sensor.facts.http import redact_path
+from sensor.schema import FLOW_COUNTERS
 from sensor.services import service_for
 from sensor.sources.zeek.base import ZeekRecord
 from sensor.sources.zeek.fields import (
@@ -251,7 +252,7 @@ class FlowAssembler:
                 flow_start=ts,
                 interval_seq=seq,
                 duration=duration,
-                **{k: conn.get(k) for k in _COUNTERS},
+                **{k: conn.get(k) for k in FLOW_COUNTERS},
             )
             out.append(row)
             seq += 1
@@ -264,7 +265,7 @@ class FlowAssembler:
             ts = max(ts, prev_end)
             row = dict(base)
             row.update(ts=ts, ts_end=ts, flow_start=flow.first_ts, interval_seq=seq, duration=0.0)
-            row.update(dict.fromkeys(_COUNTERS))
+            row.update(dict.fromkeys(FLOW_COUNTERS))
             out.append(row)
         return out
 
@@ -351,9 +352,6 @@ class FlowAssembler:
         row["http_path"] = paths[0] if paths else None
         row["http_paths"] = paths or None
         row["http_requests"] = len(requests)
-
-
-_COUNTERS = ("orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes")
 
 
 def load_catalogue(cfg: Config) -> Catalogue:
