@@ -11,7 +11,6 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from types import MappingProxyType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -150,7 +149,7 @@ class Catalogue:
     """The three reference tables with precomputed lookups; immutable once built."""
 
     __slots__ = (
-        "_ciphers", "_host_prefixes", "_path_prefixes", "_ports", "_ranges", "_ranked_memo", "_server_ports",
+        "_ciphers", "_ports", "_ranges", "_ranked_memo", "_server_ports",
         "_singles", "_web_paths",
     )  # fmt: skip
 
@@ -178,9 +177,6 @@ class Catalogue:
                     table[port] = 1
             table.flags.writeable = False
             self._server_ports[proto] = table
-        by_length = sorted(self._web_paths, key=lambda w: len(w.prefix), reverse=True)
-        self._path_prefixes = tuple(w for w in by_length if w.match == "path")
-        self._host_prefixes = tuple(w for w in by_length if w.match == "host")
 
     # ----------------------------------------------------------------- loading
 
@@ -240,13 +236,6 @@ class Catalogue:
                 return row
         return None
 
-    def service_for(
-        self, proto: str, orig_p: int, resp_p: int, orig_role: str | None, resp_role: str | None
-    ) -> tuple[str | None, str | None]:
-        """(service, source tags) of the row `match` picks, or (None, None)."""
-        row = self.match(proto, orig_p, resp_p, orig_role, resp_role)
-        return (row.service, row.source) if row is not None else (None, None)
-
     def server_ports(self, proto: str) -> npt.NDArray[np.uint8]:
         """uint8[65536] with 1 at every single (non-range) server-side port of `proto` (a fresh copy)."""
         table = self._server_ports.get(proto.lower())
@@ -299,41 +288,9 @@ class Catalogue:
         """All web path and host rows, in file order."""
         return self._web_paths
 
-    def web_path_severity(self, path: str, host: str | None = None) -> WebPath | None:
-        """Row for a plaintext HTTP request: longest path prefix (case-insensitive), else longest host prefix.
-
-        `path` may be an absolute-form target ("http://host/path"); its host is used when `host` is None.
-        """
-        if path[:8].lower().startswith(("http://", "https://")):
-            parts = urlsplit(path)
-            path, host = parts.path or "/", host or parts.hostname
-        lowered = path.lower()
-        for row in self._path_prefixes:
-            if lowered.startswith(row.prefix):
-                return row
-        if host:
-            lowered = host.lower()
-            for row in self._host_prefixes:
-                if lowered.startswith(row.prefix):
-                    return row
-        return None
-
     def cipher_suites(self) -> tuple[CipherSuite, ...]:
         """All cipher suite rows, in file order."""
         return tuple(self._ciphers.values())
-
-    def cipher(self, code: str | int) -> CipherSuite | None:
-        """Suite for a code point: "0xc030", "C030", "0x0700c0" or an int; None when not catalogued."""
-        if isinstance(code, int):
-            value = code
-        else:
-            text = code.strip().lower().removeprefix("0x")
-            try:
-                value = int(text, 16)
-            except ValueError:
-                return None
-        key = f"0x{value:04X}" if value <= 0xFFFF else f"0x{value:06X}"
-        return self._ciphers.get(key)
 
     def as_tables(self) -> dict[str, list[dict[str, Any]]]:
         """The three tables as lists of dicts, with the CSV column names, for loading into DuckDB."""

@@ -26,9 +26,5 @@ class SourceError(SensorError):
     """A capture or log that cannot be read at all (missing, not a capture, unsupported link type)."""
 
 
-class RuleError(SensorError):
-    """A rule file that cannot be loaded or evaluated; names the file and line."""
-
-
 class SinkError(SensorError):
     """The lake (or another sink) cannot be written."""

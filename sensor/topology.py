@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 INTERNAL_ZONE = "internal"
 PERIMETER_ZONE = "perimeter"
-EXTERNAL_ZONE = "external"
 
 
 class _PrefixTable:
@@ -91,10 +90,6 @@ class Topology:
         """The role holding addr (most specific prefix wins), else 'client' inside an internal network, else
         'external'. Raises ValueError if addr is not an IP address."""
         return self._cached_role(addr)
-
-    def zone_of(self, addr: str) -> str:
-        """'internal', 'perimeter' or 'external': the most specific of [topology.networks] holding addr."""
-        return self._zone_table.lookup(parse_address(addr)) or EXTERNAL_ZONE
 
     def is_server(self, addr: str) -> bool:
         """True if addr holds a role of the reference §7 server set."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sensor.catalogue import Catalogue, PortRow
+from sensor.catalogue import Catalogue, CipherSuite, PortRow
 from sensor.errors import ConfigError
 from sensor.roles import CATALOGUE_ROLES
 from sensor.schema import TLS_VERSIONS, tls_version_name
@@ -39,6 +39,18 @@ def rows_on(cat: Catalogue, proto: str, lo: int, hi: int | None = None) -> list[
 def only(rows: list[PortRow]) -> PortRow:
     assert len(rows) == 1, rows
     return rows[0]
+
+
+def _service(
+    cat: Catalogue, proto: str, orig_p: int, resp_p: int, orig_role: str | None, resp_role: str | None
+) -> tuple[str | None, str | None]:
+    """(service, source tags) of the row `Catalogue.match` picks (what sensor.services names a flow by)."""
+    row = cat.match(proto, orig_p, resp_p, orig_role, resp_role)
+    return (row.service, row.source) if row is not None else (None, None)
+
+
+def _suite(cat: Catalogue, code: str) -> CipherSuite | None:
+    return {c.code.lower(): c for c in cat.cipher_suites()}.get(code.lower())
 
 
 # ------------------------------------------------------------------ loading and validation
@@ -118,7 +130,7 @@ def test_front_end_5061_is_sip_with_mtls_for_servers(cat: Catalogue) -> None:
     )
     assert row.required.split("|")[0] == "MTLS"
     assert "R1" in row.rules and "R3" in row.rules
-    assert cat.service_for("tcp", 50123, 5061, "client", "front_end") == ("sip-tls", "[PORTS]")
+    assert _service(cat, "tcp", 50123, 5061, "client", "front_end") == ("sip-tls", "[PORTS]")
 
 
 def test_edge_external_5061_is_mtls_federation(cat: Catalogue) -> None:
@@ -152,8 +164,8 @@ def test_server_media_ranges(cat: Catalogue) -> None:
 def test_psom_mediation_and_reverse_proxy_ports(cat: Catalogue) -> None:
     fe_psom = only([r for r in rows_on(cat, "tcp", 8057) if r.role == "front_end"])
     assert (fe_psom.service, fe_psom.required) == ("psom", "TLS")
-    assert cat.service_for("tcp", 50000, 8057, "client", "front_end") == ("psom", "[PORTS]")
-    assert cat.service_for("tcp", 50000, 8057, "front_end", "edge_internal")[0] == "psom-mtls"
+    assert _service(cat, "tcp", 50000, 8057, "client", "front_end") == ("psom", "[PORTS]")
+    assert _service(cat, "tcp", 50000, 8057, "front_end", "edge_internal")[0] == "psom-mtls"
     gateway = rows_on(cat, "tcp", 5068)
     assert {r.role for r in gateway} == {"front_end", "mediation"}
     assert {(r.service, r.required) for r in gateway} == {("sip-gateway", "TLS-optional")}
@@ -165,51 +177,51 @@ def test_psom_mediation_and_reverse_proxy_ports(cat: Catalogue) -> None:
 
 
 def test_service_for_prefers_the_role_specific_row(cat: Catalogue) -> None:
-    assert cat.service_for("tcp", 50000, 443, "client", "edge_internal")[0] == "turn-tcp"
-    assert cat.service_for("tcp", 50000, 443, "client", "front_end")[0] == "https"
-    assert cat.service_for("tcp", 50000, 443, "client", "office_web_apps")[0] == "https-owas"
-    assert cat.service_for("tcp", 50000, 444, "client", "edge_external")[0] == "turn-tcp"
-    assert cat.service_for("tcp", 50000, 444, "front_end", "front_end")[0] == "https-focus"
+    assert _service(cat, "tcp", 50000, 443, "client", "edge_internal")[0] == "turn-tcp"
+    assert _service(cat, "tcp", 50000, 443, "client", "front_end")[0] == "https"
+    assert _service(cat, "tcp", 50000, 443, "client", "office_web_apps")[0] == "https-owas"
+    assert _service(cat, "tcp", 50000, 444, "client", "edge_external")[0] == "turn-tcp"
+    assert _service(cat, "tcp", 50000, 444, "front_end", "front_end")[0] == "https-focus"
     # the Edge external IPs per service, or one consolidated edge_external; Standard Edition = FE ports
-    assert cat.service_for("tcp", 50000, 443, "external", "edge_external_av")[0] == "turn-tcp"
-    assert cat.service_for("tcp", 50000, 443, "external", "edge_external_webconf")[0] == "psom"
-    assert cat.service_for("tcp", 50000, 443, "external", "edge_external_access")[0] == "sip-tls"
-    assert cat.service_for("tcp", 50000, 443, "external", "edge_external")[0] == "sip-tls"
-    assert cat.service_for("tcp", 50000, 5061, "external", "edge_external")[0] == "sip-mtls"
-    assert cat.service_for("udp", 6000, 55000, "external", "edge_external")[0] == "edge-media"
-    assert cat.service_for("tcp", 50000, 4443, "reverse_proxy", "standard_edition")[0] == "https-external"
-    assert cat.service_for("tcp", 50000, 5060, "front_end", "trusted_application")[1] == "[PORTS]"
+    assert _service(cat, "tcp", 50000, 443, "external", "edge_external_av")[0] == "turn-tcp"
+    assert _service(cat, "tcp", 50000, 443, "external", "edge_external_webconf")[0] == "psom"
+    assert _service(cat, "tcp", 50000, 443, "external", "edge_external_access")[0] == "sip-tls"
+    assert _service(cat, "tcp", 50000, 443, "external", "edge_external")[0] == "sip-tls"
+    assert _service(cat, "tcp", 50000, 5061, "external", "edge_external")[0] == "sip-mtls"
+    assert _service(cat, "udp", 6000, 55000, "external", "edge_external")[0] == "edge-media"
+    assert _service(cat, "tcp", 50000, 4443, "reverse_proxy", "standard_edition")[0] == "https-external"
+    assert _service(cat, "tcp", 50000, 5060, "front_end", "trusted_application")[1] == "[PORTS]"
     # unknown role: the first row of the port, in file order
-    assert cat.service_for("tcp", 50000, 5061, "client", None) == ("sip-tls", "[PORTS]")
-    assert cat.service_for("tcp", 50000, 5066, "mediation", "pstn_gateway")[0] == "sip-gateway"
-    assert cat.service_for("tcp", 50000, 5066, "front_end", "e911_gateway")[0] == "sip-e911"
+    assert _service(cat, "tcp", 50000, 5061, "client", None) == ("sip-tls", "[PORTS]")
+    assert _service(cat, "tcp", 50000, 5066, "mediation", "pstn_gateway")[0] == "sip-gateway"
+    assert _service(cat, "tcp", 50000, 5066, "front_end", "e911_gateway")[0] == "sip-e911"
 
 
 def test_media_on_a_server_range_is_matched_from_the_originator(cat: Catalogue) -> None:
     # Mediation sends from its audio range to a gateway's own port: only the originator side is catalogued.
-    assert cat.service_for("udp", 49200, 20000, "mediation", "pstn_gateway") == (
+    assert _service(cat, "udp", 49200, 20000, "mediation", "pstn_gateway") == (
         "media-audio",
         "[PORTS];[SRVRANGE]",
     )
-    assert cat.service_for("udp", 60000, 6000, "front_end", "external")[0] == "media-video"
+    assert _service(cat, "udp", 60000, 6000, "front_end", "external")[0] == "media-video"
     # A/V Edge answering from 3478 to a partner's media port: the single port wins over client ranges.
-    assert cat.service_for("udp", 3478, 51000, "edge_external", "external")[0] == "stun-turn"
+    assert _service(cat, "udp", 3478, 51000, "edge_external", "external")[0] == "stun-turn"
 
 
 def test_ranges_on_the_responder(cat: Catalogue) -> None:
-    assert cat.service_for("udp", 6000, 50000, "client", "mediation")[0] == "media-audio"
-    assert cat.service_for("udp", 6000, 55000, "client", "edge_external")[0] == "edge-media"
-    assert cat.service_for("udp", 60000, 6000, "front_end", "client") == ("media-audio", "[PORTS];[CLIRANGE]")
-    assert cat.service_for("icmp", 0, 0, None, None) == (None, None)
-    assert cat.service_for("tcp", 1000, 1001, "client", "front_end") == (None, None)
+    assert _service(cat, "udp", 6000, 50000, "client", "mediation")[0] == "media-audio"
+    assert _service(cat, "udp", 6000, 55000, "client", "edge_external")[0] == "edge-media"
+    assert _service(cat, "udp", 60000, 6000, "front_end", "client") == ("media-audio", "[PORTS];[CLIRANGE]")
+    assert _service(cat, "icmp", 0, 0, None, None) == (None, None)
+    assert _service(cat, "tcp", 1000, 1001, "client", "front_end") == (None, None)
 
 
 def test_undocumented_port_between_servers_has_no_service(cat: Catalogue) -> None:
     # ref §7 R17 / §9: 5069 is in no Lync 2013 port doc; the TCP client port is ephemeral (Windows 49152+).
-    assert cat.service_for("tcp", 50123, 5069, "mediation", "front_end") == (None, None)
-    assert cat.service_for("tcp", 50123, 7000, "client", "front_end") == (None, None)
+    assert _service(cat, "tcp", 50123, 5069, "mediation", "front_end") == (None, None)
+    assert _service(cat, "tcp", 50123, 7000, "client", "front_end") == (None, None)
     # a client (or an external party) may use any port for media
-    assert cat.service_for("udp", 50123, 7000, "front_end", "external")[0] == "media-audio"
+    assert _service(cat, "udp", 50123, 7000, "front_end", "external")[0] == "media-audio"
 
 
 def test_server_ports(cat: Catalogue) -> None:
@@ -232,9 +244,9 @@ def test_override_moves_a_range_for_both_protocols() -> None:
         ("tcp", 40000, 40999),
         ("udp", 40000, 40999),
     }
-    assert cat.service_for("udp", 6000, 40500, "client", "mediation")[0] == "media-audio"
-    assert cat.service_for("udp", 49200, 20000, "mediation", "pstn_gateway") == (None, None)
-    assert cat.service_for("udp", 40100, 20000, "mediation", "pstn_gateway")[0] == "media-audio"
+    assert _service(cat, "udp", 6000, 40500, "client", "mediation")[0] == "media-audio"
+    assert _service(cat, "udp", 49200, 20000, "mediation", "pstn_gateway") == (None, None)
+    assert _service(cat, "udp", 40100, 20000, "mediation", "pstn_gateway")[0] == "media-audio"
 
 
 def test_unknown_override_id_names_the_key() -> None:
@@ -256,32 +268,6 @@ def test_bad_override_range(bad: tuple[int, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "host", "severity"),
-    [
-        ("/abs/handler/F-0001.lsabs", None, "V"),
-        ("/ABS/int/Handler", None, "V"),
-        ("/GroupExpansion/int/service.asmx", None, "V"),
-        ("/autodiscover/autodiscoverservice.svc/root", None, "I"),
-        ("/Autodiscover/XFrame/XFrame.html", None, "W"),
-        ("/meet/alice/ABC123", None, "W"),
-        ("/RequestHandler/Files/x.cab", None, "I"),
-        ("/RequestHandler/ucdevice.upx", None, "W"),
-        ("/", "LyncDiscover.contoso.com", "I"),
-        ("/", "meet.contoso.com", "W"),
-        ("/abs/x", "lyncdiscover.contoso.com", "V"),
-        ("http://dialin.contoso.com/", None, "W"),
-    ],
-)
-def test_web_path_severity(cat: Catalogue, path: str, host: str | None, severity: str) -> None:
-    row = cat.web_path_severity(path, host)
-    assert row is not None and row.severity == severity
-
-
-def test_unknown_web_path(cat: Catalogue) -> None:
-    assert cat.web_path_severity("/index.html", "www.contoso.com") is None
-
-
-@pytest.mark.parametrize(
     ("code", "klass", "fips"),
     [
         ("0x0005", "rc4", "no"),
@@ -298,7 +284,7 @@ def test_unknown_web_path(cat: Catalogue) -> None:
     ],
 )
 def test_cipher_classes(cat: Catalogue, code: str, klass: str, fips: str) -> None:
-    suite = cat.cipher(code)
+    suite = _suite(cat, code)
     assert suite is not None and (suite.class_, suite.fips) == (klass, fips)
 
 
@@ -308,14 +294,8 @@ def test_cipher_min_versions_use_the_lake_spelling(cat: Catalogue) -> None:
     versions = {c.min_version for c in cat.cipher_suites()}
     assert versions <= set(TLS_VERSIONS)
     assert {"TLSv10", "TLSv12", "TLSv13"} <= versions
-    assert cat.cipher(0xC030).min_version == tls_version_name(0x0303) == "TLSv12"  # type: ignore[union-attr]
-    assert cat.cipher(0x1303).min_version == tls_version_name(0x0304) == "TLSv13"  # type: ignore[union-attr]
-
-
-def test_cipher_lookup_forms(cat: Catalogue) -> None:
-    assert cat.cipher(0xC030) == cat.cipher("C030") == cat.cipher(" 0xc030 ")
-    assert cat.cipher(0x010080) is not None and cat.cipher(0x010080).class_ == "sslv2"  # type: ignore[union-attr]
-    assert cat.cipher("0x00FF") is None and cat.cipher("junk") is None
+    assert _suite(cat, "0xC030").min_version == tls_version_name(0x0303) == "TLSv12"  # type: ignore[union-attr]
+    assert _suite(cat, "0x1303").min_version == tls_version_name(0x0304) == "TLSv13"  # type: ignore[union-attr]
 
 
 def test_as_tables(cat: Catalogue) -> None:
@@ -422,8 +402,8 @@ def test_load_balancer_and_director_ports_are_catalogued(cat: Catalogue, referen
 
 
 def test_edgecmd_defaults_are_catalogued(cat: Catalogue) -> None:
-    assert cat.service_for("tcp", 50000, 5098, "front_end", "edge_internal") == ("xmpp-mtls", "[EDGECMD]")
-    assert cat.service_for("tcp", 50000, 23456, "front_end", "edge_internal")[0] == "xmpp-mtls"
+    assert _service(cat, "tcp", 50000, 5098, "front_end", "edge_internal") == ("xmpp-mtls", "[EDGECMD]")
+    assert _service(cat, "tcp", 50000, 23456, "front_end", "edge_internal")[0] == "xmpp-mtls"
 
 
 def test_r10_prefixes_have_their_severity(cat: Catalogue, reference: str) -> None:
@@ -436,7 +416,9 @@ def test_r10_prefixes_have_their_severity(cat: Catalogue, reference: str) -> Non
         prefixes = [p for p in re.findall(r"`(/[^`]+)`", part)]
         assert prefixes, severity
         for prefix in prefixes:
-            row = cat.web_path_severity(prefix)
+            # the longest catalogued path prefix the documented prefix starts with
+            rows = [w for w in cat.web_paths() if w.match == "path" and prefix.lower().startswith(w.prefix)]
+            row = max(rows, key=lambda w: len(w.prefix), default=None)
             assert row is not None and row.severity == severity, (prefix, row)
 
 
@@ -445,16 +427,16 @@ def test_cipher_suites_of_reference_6e_and_r6(cat: Catalogue, reference: str) ->
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 4 and cells[1].startswith("0x"):
-            suite = cat.cipher(cells[1])
+            suite = _suite(cat, cells[1])
             assert suite is not None and suite.name == cells[0] and suite.schannel_default, cells
             fips = "no" if "Not FIPS" in cells[3] else "derived" if "[derived]" in cells[3] else "yes"
             assert suite.fips == fips, cells
     for code in re.findall(r"\b0x[0-9A-F]{4,6}\b", section):
-        assert cat.cipher(code) is not None, code
+        assert _suite(cat, code) is not None, code
     r6 = _section(reference, "**R6", "**R7")
     v_set = r6.split("V if in {", 1)[1].split("}", 1)[0]
     for code in re.findall(r"0x[0-9A-F]{4}", v_set):
-        suite = cat.cipher(code)
+        suite = _suite(cat, code)
         assert suite is not None and suite.class_ in {"null", "rc4", "des", "export"}, code
     for code in re.findall(r"0x[0-9A-F]{4}", r6.split("W for 3DES", 1)[1]):
-        assert cat.cipher(code) is not None and cat.cipher(code).class_ == "3des"  # type: ignore[union-attr]
+        assert _suite(cat, code) is not None and _suite(cat, code).class_ == "3des"  # type: ignore[union-attr]

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from sensor.dashboards import (
+from sensor.metrics import RULE_IDS
+from tests.support.dashboards import (
     DEFAULT_VARIABLES,
     Dashboard,
     exposed_metric_names,
@@ -22,7 +23,6 @@ from sensor.dashboards import (
     substitute,
     variable_expr,
 )
-from sensor.metrics import RULE_IDS
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "grafana"

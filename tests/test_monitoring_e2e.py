@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sensor.dashboards import load_dashboards, panel_queries, substitute
 from tests.conftest import EXAMPLE_CONFIG, ROOT, capture
+from tests.support.dashboards import load_dashboards, panel_queries, substitute
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("prometheus") and shutil.which("prometheus-alertmanager")),
