@@ -22,7 +22,7 @@ KERNEL_MODULES = (
     "fastpath/packet_facts.py",
     "fastpath/kernel.py",
     "fastpath/flows.py",
-    "sources/pcap.py",
+    "sources/pcap_index.py",
 )
 
 
