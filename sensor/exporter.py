@@ -145,14 +145,7 @@ def _tls_context(table: Any, base: Path, fail: Callable[..., ConfigError]) -> ss
         if value not in TLS_VERSIONS:
             raise fail(f"expected one of {', '.join(TLS_VERSIONS)}, got {value!r}", f"{where}.{key}")
         setattr(ctx, attr, TLS_VERSIONS[value])
-    # exporter-toolkit: a client CA without a client_auth_type means RequireAndVerifyClientCert.
-    auth = table.get("client_auth_type", "RequireAndVerifyClientCert" if "client_ca_file" in table else "NoClientCert")
-    if auth not in CLIENT_AUTH_TYPES:
-        raise fail(f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {auth!r}", f"{where}.client_auth_type")
-    if CLIENT_AUTH_TYPES[auth] != ssl.CERT_NONE and "client_ca_file" not in table:
-        raise fail(f"{auth} needs client_ca_file", f"{where}.client_auth_type")
-    if CLIENT_AUTH_TYPES[auth] == ssl.CERT_NONE and "client_ca_file" in table:
-        raise fail("client_ca_file is set but client_auth_type is NoClientCert", f"{where}.client_ca_file")
+    verify_mode = _client_auth(table, where, fail)
     try:
         ctx.load_cert_chain(file("cert_file"), file("key_file"))
     except (OSError, ssl.SSLError) as exc:
@@ -162,8 +155,21 @@ def _tls_context(table: Any, base: Path, fail: Callable[..., ConfigError]) -> ss
             ctx.load_verify_locations(cafile=file("client_ca_file"))
         except (OSError, ssl.SSLError) as exc:
             raise fail(f"cannot load the client CA: {exc}", f"{where}.client_ca_file") from None
-    ctx.verify_mode = CLIENT_AUTH_TYPES[auth]
+    ctx.verify_mode = verify_mode
     return ctx
+
+
+def _client_auth(table: Mapping[str, str], where: str, fail: Callable[..., ConfigError]) -> ssl.VerifyMode:
+    """The client certificate check of tls_server_config, consistent with whether client_ca_file is set."""
+    # exporter-toolkit: a client CA without a client_auth_type means RequireAndVerifyClientCert.
+    auth = table.get("client_auth_type", "RequireAndVerifyClientCert" if "client_ca_file" in table else "NoClientCert")
+    if auth not in CLIENT_AUTH_TYPES:
+        raise fail(f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {auth!r}", f"{where}.client_auth_type")
+    if CLIENT_AUTH_TYPES[auth] != ssl.CERT_NONE and "client_ca_file" not in table:
+        raise fail(f"{auth} needs client_ca_file", f"{where}.client_auth_type")
+    if CLIENT_AUTH_TYPES[auth] == ssl.CERT_NONE and "client_ca_file" in table:
+        raise fail("client_ca_file is set but client_auth_type is NoClientCert", f"{where}.client_ca_file")
+    return CLIENT_AUTH_TYPES[auth]
 
 
 def _users(table: Any, fail: Callable[..., ConfigError]) -> dict[str, bytes]:
