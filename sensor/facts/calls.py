@@ -62,6 +62,46 @@ def _binds(m: SdpMedia, start: int, end: int, ev: Evidence | None) -> Binding | 
     return Binding(m.address, m.port, rtcp_addr, rtcp_port, m.rtcp_mux, start, end, ev)
 
 
+def _call_end(msgs: list[SipMessage]) -> int:
+    """When a call's media ends: its BYE or CANCEL, a failure answer to its INVITE, else a timeout after it."""
+    invite_cseq = next((m.cseq for m in msgs if m.method == "INVITE"), None)
+    for m in msgs:
+        if m.method in ("BYE", "CANCEL"):
+            return m.ts_ns
+        if m.status is not None and m.status >= 300 and m.cseq_method == "INVITE" and m.cseq == invite_cseq:
+            return m.ts_ns
+    return msgs[-1].ts_ns + CALL_TIMEOUT_NS
+
+
+def _offer_answer_pairs(msgs: list[SipMessage], end: int) -> list[tuple[SipMessage | None, SipMessage | None]]:
+    """A call's SDP offers with their answers (None for an offer never answered), up to the time `end`."""
+    offers: list[SipMessage] = []
+    answered: set[int] = set()
+    pairs: list[tuple[SipMessage | None, SipMessage | None]] = []
+    for m in msgs:
+        if m.ts_ns > end or not m.media:
+            continue
+        if m.method in OFFER_METHODS and m.method != "ACK":
+            offers.append(m)
+            continue
+        if m.status is not None and m.status < 300:
+            # an answer to the offer with the same CSeq; with none, this response is a late offer (RFC 3261
+            # §13.2.1: INVITE without SDP, offer in the 2xx, answer in the ACK)
+            match = next((o for o in offers if o.cseq == m.cseq and o.method == m.cseq_method), None)
+            if match is not None:
+                pairs.append((match, m))
+                answered.add(id(match))
+            else:
+                offers.append(m)
+        elif m.method == "ACK":
+            match = next((o for o in offers if o.status is not None and o.cseq == m.cseq), None)
+            if match is not None:
+                pairs.append((match, m))
+                answered.add(id(match))
+    pairs += [(o, None) for o in offers if id(o) not in answered]
+    return pairs
+
+
 class CallIndex:
     """Bindings from every plaintext SIP message seen in a run, looked up by media endpoint and time."""
 
@@ -88,40 +128,8 @@ class CallIndex:
         self._by_rtcp.setdefault((b.rtcp_address, b.rtcp_port), []).append(b)
 
     def _call(self, msgs: list[SipMessage]) -> None:
-        end = msgs[-1].ts_ns + CALL_TIMEOUT_NS
-        invite_cseq = next((m.cseq for m in msgs if m.method == "INVITE"), None)
-        for m in msgs:
-            if m.method in ("BYE", "CANCEL"):
-                end = m.ts_ns
-                break
-            if m.status is not None and m.status >= 300 and m.cseq_method == "INVITE" and m.cseq == invite_cseq:
-                end = m.ts_ns
-                break
-        offers: list[SipMessage] = []
-        answered: set[int] = set()
-        pairs: list[tuple[SipMessage | None, SipMessage | None]] = []
-        for m in msgs:
-            if m.ts_ns > end or not m.media:
-                continue
-            if m.method in OFFER_METHODS and m.method != "ACK":
-                offers.append(m)
-                continue
-            if m.status is not None and m.status < 300:
-                # an answer to the offer with the same CSeq; with none, this response is a late offer (RFC 3261
-                # §13.2.1: INVITE without SDP, offer in the 2xx, answer in the ACK)
-                match = next((o for o in offers if o.cseq == m.cseq and o.method == m.cseq_method), None)
-                if match is not None:
-                    pairs.append((match, m))
-                    answered.add(id(match))
-                else:
-                    offers.append(m)
-            elif m.method == "ACK":
-                match = next((o for o in offers if o.status is not None and o.cseq == m.cseq), None)
-                if match is not None:
-                    pairs.append((match, m))
-                    answered.add(id(match))
-        pairs += [(o, None) for o in offers if id(o) not in answered]
-        for offer, answer in pairs:
+        end = _call_end(msgs)
+        for offer, answer in _offer_answer_pairs(msgs, end):
             t0 = min(x.ts_ns for x in (offer, answer) if x is not None) - EARLY_NS
             om = offer.media if offer is not None else ()
             am = answer.media if answer is not None else ()
