@@ -68,18 +68,14 @@ def default_rules_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "queries"
 
 
-def parse(path: Path, root: Path) -> tuple[Rule | None, list[RuleProblem]]:
-    """Parse one rule file; returns the rule (None if unusable) and the problems found."""
-    problems: list[RuleProblem] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [RuleProblem(path, 1, f"cannot read rule file: {exc}")]
-    lines = text.splitlines()
+def _read_header(
+    path: Path, lines: list[str], problems: list[RuleProblem]
+) -> tuple[dict[str, str], dict[str, int], int]:
+    """The `-- key: value` header (continuation lines joined), each key's line, and the index of the body's
+    first line; a duplicate key is added to problems."""
     header: dict[str, str] = {}
     key_line: dict[str, int] = {}
     last: str | None = None
-    body_start = len(lines)
     for i, line in enumerate(lines):
         m = _HEADER.match(line)
         c = _CONT.match(line)
@@ -97,8 +93,30 @@ def parse(path: Path, root: Path) -> tuple[Rule | None, list[RuleProblem]]:
         if line.strip() == "" or line.lstrip().startswith("--"):
             last = None if line.strip() == "" else last
             continue
-        body_start = i
-        break
+        return header, key_line, i
+    return header, key_line, len(lines)
+
+
+def _body_problems(path: Path, body: str, body_start: int, nlines: int) -> list[RuleProblem]:
+    """The problems of a rule's SQL body: it must be one SELECT (or WITH ... SELECT) statement."""
+    if not body:
+        return [RuleProblem(path, nlines or 1, "no SELECT after the header")]
+    if not re.match(r"(?is)^(select|with)\b", body):
+        return [RuleProblem(path, body_start + 1, "the body must be one SELECT (or WITH ... SELECT)")]
+    if ";" in _code_only(body).rstrip().rstrip(";"):
+        return [RuleProblem(path, body_start + 1, "the body must be a single statement")]
+    return []
+
+
+def parse(path: Path, root: Path) -> tuple[Rule | None, list[RuleProblem]]:
+    """Parse one rule file; returns the rule (None if unusable) and the problems found."""
+    problems: list[RuleProblem] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [RuleProblem(path, 1, f"cannot read rule file: {exc}")]
+    lines = text.splitlines()
+    header, key_line, body_start = _read_header(path, lines, problems)
     body = "\n".join(lines[body_start:]).strip()
     for key in REQUIRED_KEYS:
         if not header.get(key):
@@ -115,12 +133,7 @@ def parse(path: Path, root: Path) -> tuple[Rule | None, list[RuleProblem]]:
                 path, key_line.get("severity", 1), f"severity '{sev}' is not one of {', '.join(HEADER_SEVERITIES)}"
             )
         )
-    if not body:
-        problems.append(RuleProblem(path, len(lines) or 1, "no SELECT after the header"))
-    elif not re.match(r"(?is)^(select|with)\b", body):
-        problems.append(RuleProblem(path, body_start + 1, "the body must be one SELECT (or WITH ... SELECT)"))
-    elif ";" in _code_only(body).rstrip().rstrip(";"):
-        problems.append(RuleProblem(path, body_start + 1, "the body must be a single statement"))
+    problems += _body_problems(path, body, body_start, len(lines))
     if problems:
         return None, problems
     area = path.parent.relative_to(root).as_posix() if path.parent != root else ""
