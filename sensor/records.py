@@ -192,26 +192,7 @@ class RecordBuilder:
         )
         starts = fs[:, col.F_FIRST_TS].tolist()
         endpoints = {(orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i]): i for i in range(n)}
-        by_endpoint: dict[tuple[str, int], list[int]] = {}
-        media_own: dict[int, list[media.Evidence]] = {}
-        kinds: dict[int, str] = {}
-        for i in range(n):
-            if proto[i] != "udp" and not fs[i, col.F_FRAMES]:
-                continue  # TCP carries media only framed per RFC 4571
-            st = media_stats(table, i)
-            if media.is_rtp_stream(st):
-                kinds[i] = "rtp"
-            elif media.is_rtcp_stream(st):
-                kinds[i] = "rtcp"
-            else:
-                continue
-            media_own[i] = media.own_evidence(st)
-            out["rtp_payload_types"][i] = list(st.payload_types) or None
-            out["rtp_packets"][i] = st.rtp_packets
-            out["rtcp_packets"][i] = st.rtcp_packets
-            out["rtp_ssrcs"][i] = len({int(x) for x in fs[i, col.F_RTP_SSRC : col.F_RTP_SSRC + 2] if x >= 0})
-            by_endpoint.setdefault((orig_h[i], orig_p[i]), []).append(i)
-            by_endpoint.setdefault((resp_h[i], resp_p[i]), []).append(i)
+        kinds, media_own, by_endpoint = _media_flows(table, out, orig_h, orig_p, resp_h, resp_p, proto)
         for i in range(n):
             cls = fs[i, col.F_CLS :]
             ff: FlowFacts | None = facts.get(i)
@@ -220,18 +201,7 @@ class RecordBuilder:
             stun_fast = int(cls[pk.CLS_STUN] + cls[pk.CLS_STUN_OLD])
             tls_fast = int(cls[pk.CLS_TLS_HS] + cls[pk.CLS_TLS_REC] + cls[pk.CLS_SSL2])
             if ff is not None:
-                if ff.tls.seen:
-                    for k, v in ff.tls.columns().items():
-                        out[k][i] = v
-                if ff.sip.messages or ff.sip.media:
-                    for k, v in ff.sip.columns().items():
-                        out[k][i] = v
-                if ff.http.requests:
-                    for k, v in ff.http.columns().items():
-                        out[k][i] = v
-                if ff.stun.messages:
-                    for k, v in ff.stun.columns().items():
-                        out[k][i] = v
+                _copy_facts(out, i, ff)
             sip_msgs = max(sip_fast, ff.sip.messages if ff else 0)
             out["sip_plain"][i] = sip_msgs > 0
             out["sip_messages"][i] = sip_msgs
@@ -266,6 +236,56 @@ class RecordBuilder:
                 out["media_evidence"][i] = [e.text for e in ev] or None
             out["app"][i] = _app(proto[i], kind, out, i, sip_msgs, tls_fast, ff)
         return out
+
+
+def _media_flows(
+    table: FlowTable,
+    out: dict[str, list[object]],
+    orig_h: list[str],
+    orig_p: list[int],
+    resp_h: list[str],
+    resp_p: list[int],
+    proto: list[str],
+) -> tuple[dict[int, str], dict[int, list[media.Evidence]], dict[tuple[str, int], list[int]]]:
+    """The flows that carry RTP or RTCP: their kind, their own media evidence, and the flows at each endpoint.
+
+    Fills the rtp_/rtcp_ counter columns of those flows in out."""
+    fs = table.fs[: table.nflows]
+    by_endpoint: dict[tuple[str, int], list[int]] = {}
+    media_own: dict[int, list[media.Evidence]] = {}
+    kinds: dict[int, str] = {}
+    for i in range(table.nflows):
+        if proto[i] != "udp" and not fs[i, col.F_FRAMES]:
+            continue  # TCP carries media only framed per RFC 4571
+        st = media_stats(table, i)
+        if media.is_rtp_stream(st):
+            kinds[i] = "rtp"
+        elif media.is_rtcp_stream(st):
+            kinds[i] = "rtcp"
+        else:
+            continue
+        media_own[i] = media.own_evidence(st)
+        out["rtp_payload_types"][i] = list(st.payload_types) or None
+        out["rtp_packets"][i] = st.rtp_packets
+        out["rtcp_packets"][i] = st.rtcp_packets
+        out["rtp_ssrcs"][i] = len({int(x) for x in fs[i, col.F_RTP_SSRC : col.F_RTP_SSRC + 2] if x >= 0})
+        by_endpoint.setdefault((orig_h[i], orig_p[i]), []).append(i)
+        by_endpoint.setdefault((resp_h[i], resp_p[i]), []).append(i)
+    return kinds, media_own, by_endpoint
+
+
+def _copy_facts(out: dict[str, list[object]], i: int, ff: FlowFacts) -> None:
+    """Copy the columns of each protocol the parsers saw in flow i into row i of out."""
+    seen = (
+        (ff.tls, ff.tls.seen),
+        (ff.sip, ff.sip.messages or ff.sip.media),
+        (ff.http, ff.http.requests),
+        (ff.stun, ff.stun.messages),
+    )
+    for facts, present in seen:
+        if present:
+            for k, v in facts.columns().items():
+                out[k][i] = v
 
 
 def _app(
