@@ -25,6 +25,7 @@ _SOURCE = re.compile(r"\.([0-9a-f]{16})\.parquet$")
 
 @dataclass
 class SizeRow:
+    """Live data files, records and bytes of one DuckLake table (and, for flows, one sensor)."""
     table: str
     sensor: str  # "" for a table not split by sensor
     files: int
@@ -34,6 +35,7 @@ class SizeRow:
 
 @dataclass
 class MaintainReport:
+    """What one `maintain` run did: rows deleted per table, snapshots and files removed, files and sizes after."""
     deleted: dict[str, int] = field(default_factory=dict)
     files_before: int = 0
     files_after: int = 0
@@ -47,6 +49,7 @@ def _meta() -> str:
 
 
 def live_files(con: duckdb.DuckDBPyConnection) -> int:
+    """The number of data files in the DuckLake that the current snapshot still uses."""
     row = con.execute(f"SELECT count(*) FROM {_meta()}.ducklake_data_file WHERE end_snapshot IS NULL").fetchone()
     return int(row[0]) if row else 0
 

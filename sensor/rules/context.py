@@ -226,10 +226,12 @@ def confine(con: duckdb.DuckDBPyConnection, directories: list[Path]) -> None:
 
 
 def connect() -> duckdb.DuckDBPyConnection:
+    """A new in-memory DuckDB connection whose session time zone is UTC."""
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     return con
 
 
 def now() -> datetime:
+    """The current time, timezone-aware in UTC."""
     return datetime.now(UTC)
