@@ -269,27 +269,31 @@ class LogStream:
             if moved == "renamed":
                 self.problems[ROTATED] += 1
                 log.info("%s: rotated while being read; old file read to its end, opening the new one", src.path)
-            one_shot_current = self._open_current and not self.follow
-            tail = src.rest()
-            if tail and one_shot_current:
-                # A last line without its newline: Zeek may be writing it. Take it if it parses whole (a file
-                # written by other tools), else leave it for the next run.
-                probe = Counter[str]()
-                rec = LineParser.parse_with(parser, probe, tail, src.offset)
-                if rec is not None:
-                    out.append(rec)
-                    src.offset += len(tail)
-            elif tail.strip():
-                self.problems[MALFORMED] += 1
-            if src.damaged:
-                self.problems[TRUNCATED_GZIP if src.gz else MALFORMED] += 1
-            if one_shot_current:
-                self._last = src.position()
-            else:
-                self._mark_done(src.ident)
-            self._close_open()
-            if one_shot_current:
+            if self._finish_file(src, parser, out):
                 return out
+
+    def _finish_file(self, src: Lines, parser: LineParser, out: list[ZeekRecord]) -> bool:
+        """Close a file read to its end, after its last line without a newline; True if this run is done."""
+        one_shot_current = self._open_current and not self.follow
+        tail = src.rest()
+        if tail and one_shot_current:
+            # A last line without its newline: Zeek may be writing it. Take it if it parses whole (a file
+            # written by other tools), else leave it for the next run.
+            probe = Counter[str]()
+            rec = LineParser.parse_with(parser, probe, tail, src.offset)
+            if rec is not None:
+                out.append(rec)
+                src.offset += len(tail)
+        elif tail.strip():
+            self.problems[MALFORMED] += 1
+        if src.damaged:
+            self.problems[TRUNCATED_GZIP if src.gz else MALFORMED] += 1
+        if one_shot_current:
+            self._last = src.position()
+        else:
+            self._mark_done(src.ident)
+        self._close_open()
+        return one_shot_current
 
     def _close_open(self) -> None:
         if self._open is not None:
