@@ -45,6 +45,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The lync-sensor argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="lync-sensor", description="Passive Lync Server 2013 protection sensor.")
     parser.add_argument("--version", action="version", version=f"lync-sensor {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
@@ -174,6 +175,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    """`analyze`: captures into the lake, the rules over them, then a summary; returns the exit code."""
     from sensor.analyze import analyze_to_lake
     from sensor.metrics import SensorMetrics, rule_ids
     from sensor.progress import Progress
@@ -270,6 +272,7 @@ def _verdict(report: CheckReport | None) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """`check`: evaluate the rules over a window of the lake and store the findings; returns the exit code."""
     from sensor.rules.check import Checker, parse_since, parse_time, render
     from sensor.rules.context import Window
 
@@ -302,6 +305,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
+    """`rules list|lint`: print the loaded rules or their problems; returns the exit code."""
     from sensor.rules.check import Checker
 
     cfg = _load(args)
@@ -320,6 +324,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """`run`: the long-running sensor with its /metrics server until a signal stops it; returns the exit code."""
     from sensor.exporter import MetricsServer
     from sensor.live import LiveSensor
     from sensor.metrics import SensorMetrics, rule_ids
@@ -349,6 +354,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """`status`: print the running sensor's status file as JSON; exit 0 if healthy, else 1."""
     import time as _time
 
     from sensor.live import read_status
@@ -362,12 +368,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_zeek(args: argparse.Namespace) -> int:
+    """`ingest-zeek` and `zeek-topology`, run by sensor.ingest_zeek; returns the exit code."""
     from sensor.ingest_zeek import run_command
 
     return run_command(args, _load(args))
 
 
 def cmd_lake(args: argparse.Namespace) -> int:
+    """`lake maintain|import` on a DuckLake; returns the exit code."""
     from sensor.lakes import open_lake
     from sensor.lakes.ducklake import DuckLake
     from sensor.lakes.maintain import import_parquet, maintain
@@ -405,6 +413,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    """`config check|show`: load and check the configuration, or print it as JSON; returns the exit code."""
     cfg = _load(args)
     if cfg.metrics.web_config_file:  # checked here too, not only when --serve starts the exporter
         from sensor.exporter import load_web_config
@@ -418,6 +427,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the lync-sensor command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
