@@ -237,6 +237,7 @@ class Pki:
 
 @functools.cache
 def pki() -> Pki:
+    """The site's root and issuing CA, the front-end pool's server certificate and a client certificate (built once)."""
     root_key, inter_key = rsa_key("root", 2048), rsa_key("intermediate", 2048)
     server_key, client_key = rsa_key("server", 2048), rsa_key("client", 2048)
     root_cn, inter_cn = "Contoso Root CA", "Contoso Issuing CA 01"
@@ -397,6 +398,7 @@ def tcp_conversation(session: TlsSession, mss: int, seed: str) -> list[Segment]:
 
 @dataclass(frozen=True)
 class Endpoints:
+    """The TCP connection's originator and responder address and port."""
     orig_h: str
     orig_p: int
     resp_h: str
@@ -491,6 +493,7 @@ def tls_facts(
     requested: bool | None = True,
     client_cert: bool | None = True,
 ) -> Facts:
+    """The TLS columns a case expects; the defaults are a whole mutual-TLS 1.2 handshake."""
     return {
         "orig_first_byte": first_byte,
         "tls_version": version,
@@ -704,6 +707,7 @@ class SipCall:
 
 
 def sip_call(caller: str, callee: str, relay: str, seed: str) -> SipCall:
+    """A Lync INVITE with its SDP offer and the 200 OK with the answer, both over UDP 5060; same seed, same bytes."""
     rng = random.Random(seed)
     dialog = sip.Dialog(
         rng,
@@ -822,4 +826,5 @@ def fragment_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
+    """Every network-condition case: TCP conditions, then IP fragments."""
     return tcp_cases() + fragment_cases()
