@@ -231,21 +231,7 @@ class LiveSensor:
         self.lake.mkdir(parents=True, exist_ok=True)
         path = self.builder.packet_path()
         table = path.table
-        capture = None
-        if self.use_capture:
-            if not live.interface:
-                raise SensorError("no capture interface: set live.interface or use --interface")
-            capture = DumpcapCapture(
-                live.interface,
-                live.bpf,
-                self.spool,
-                seconds=live.spool_seconds,
-                files=live.spool_files,
-                buffer_mib=live.capture_buffer_mib,
-                metrics=self.metrics,
-                on_error=self._error,
-            )
-            capture.start()
+        capture = self._start_capture() if self.use_capture else None
         spool = Spool(self.spool)
         exported = 0
         next_export = self.clock() + s.interval
@@ -297,6 +283,24 @@ class LiveSensor:
                 capture.stop()
             self.store.close()
             self._write_status(capture)
+
+    def _start_capture(self) -> DumpcapCapture:
+        """Start dumpcap on live.interface, writing its ring of files into the spool."""
+        live = self.cfg.live
+        if not live.interface:
+            raise SensorError("no capture interface: set live.interface or use --interface")
+        capture = DumpcapCapture(
+            live.interface,
+            live.bpf,
+            self.spool,
+            seconds=live.spool_seconds,
+            files=live.spool_files,
+            buffer_mib=live.capture_buffer_mib,
+            metrics=self.metrics,
+            on_error=self._error,
+        )
+        capture.start()
+        return capture
 
     def _interface_drops(self) -> None:
         """Kernel drops on the capture interface (packets dropped before any socket saw them), as a delta."""
@@ -475,10 +479,12 @@ def apply_retention(lake: Path, *, days: int, max_bytes: int, now: float) -> lis
 
 
 def status_path(cfg: Config) -> Path:
+    """The live status file: live.status_file if set, else status.json in the spool directory."""
     return Path(cfg.live.status_file) if cfg.live.status_file else Path(cfg.live.spool) / "status.json"
 
 
 def read_status(cfg: Config) -> Status:
+    """The status the running sensor last wrote; SensorError if there is none."""
     path = status_path(cfg)
     try:
         data = json.loads(path.read_text())
