@@ -26,6 +26,7 @@ _SOURCE = re.compile(r"\.([0-9a-f]{16})\.parquet$")
 @dataclass
 class SizeRow:
     """Live data files, records and bytes of one DuckLake table (and, for flows, one sensor)."""
+
     table: str
     sensor: str  # "" for a table not split by sensor
     files: int
@@ -36,6 +37,7 @@ class SizeRow:
 @dataclass
 class MaintainReport:
     """What one `maintain` run did: rows deleted per table, snapshots and files removed, files and sizes after."""
+
     deleted: dict[str, int] = field(default_factory=dict)
     files_before: int = 0
     files_after: int = 0

@@ -399,6 +399,7 @@ def tcp_conversation(session: TlsSession, mss: int, seed: str) -> list[Segment]:
 @dataclass(frozen=True)
 class Endpoints:
     """The TCP connection's originator and responder address and port."""
+
     orig_h: str
     orig_p: int
     resp_h: str
