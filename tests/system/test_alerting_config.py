@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sensor.metrics import RULE_IDS, SensorMetrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "deploy" / "prometheus"
 ALERTS = PROM_DIR / "lync-sensor-alerts.yml"
 PROM_TESTS = sorted((PROM_DIR / "tests").glob("*.yml"))

@@ -26,7 +26,7 @@ from sensor.lakes.ducklake import DuckLake
 from sensor.schema import FLOW_SCHEMA
 from tests.support.postgres import Postgres, available
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "lync-sample.pcap"
 NOW = datetime.now(UTC).replace(microsecond=0)
 

@@ -16,7 +16,7 @@ from sensor.roles import CATALOGUE_ROLES
 from sensor.schema import TLS_VERSIONS, tls_version_name
 
 # CI clones main with shared/ beside it, as the work tree is laid out.
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "lync-reference.md"
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "lync-reference.md"
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from sensor.config import (
 from sensor.errors import ConfigError
 from tests.conftest import ISSUE_EXAMPLE_TOML
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY_EXAMPLE = REPO / "deploy" / "lync-sensor.example.toml"
 
 EXAMPLE = ISSUE_EXAMPLE_TOML

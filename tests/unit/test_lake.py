@@ -21,7 +21,7 @@ from sensor.atomic import atomic_write
 from sensor.lake import LakeWriter, Source, clean_stale_temporaries, source_of, sql_glob, temp_name
 from sensor.lake import files as lake_files
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "lync-sample.pcap"
 HOUR = datetime(2026, 11, 26, 10, tzinfo=UTC)
 
