@@ -22,6 +22,7 @@ from sensor.config import Config, load_config
 from sensor.rules.check import Checker
 from sensor.schema import tls_version_name
 from sensor.synth import netcond as nc
+from sensor.synth import pki, tls_capture
 from tests.conftest import ISSUE_EXAMPLE_TOML, flows_by_uid
 
 CASES = {case.name: case for case in nc.all_cases()}
@@ -160,22 +161,22 @@ def wireshark_sip(path: Path) -> dict[str, object]:
 
 
 def test_generator_builds_what_the_issue_asks() -> None:
-    assert 5500 <= nc.pki().chain_bytes() <= 6500  # root -> intermediate -> leaf, about 6 KB
+    assert 5500 <= pki.pki().chain_bytes() <= 6500  # root -> intermediate -> leaf, about 6 KB
     assert {"tcp-reordered", "tcp-midstream", "tcp-duplicated", "tcp-hole-in-handshake"} <= set(TCP)
     assert {f"frag-v{v}-{m}" for v in (4, 6) for m in ("in-order", "reversed", "overlap", "incomplete")} == set(UDP)
     # the same fixed keys build the same certificates
-    assert nc.pki().server.fingerprint(hashes.SHA256()) == nc._cert(
-        nc.POOL, nc.pki().server_key, "Contoso Issuing CA 01", nc.rsa_key("intermediate", 2048), 0x2001, False,
-        nc.POOL_SANS,
+    assert pki.pki().server.fingerprint(hashes.SHA256()) == pki.certificate(
+        pki.POOL, pki.pki().server_key, "Contoso Issuing CA 01", pki.rsa_key("intermediate", 2048), 0x2001, False,
+        pki.POOL_SANS,
     ).fingerprint(hashes.SHA256())  # fmt: skip
 
 
 def test_reordered_case_puts_each_first_segment_last() -> None:
-    session = nc.tls_session(True, [])
-    segs = nc._reorder(nc.tcp_conversation(session, 536, "t"))
+    session = tls_capture.tls_session(True, [])
+    segs = nc._reorder(tls_capture.tcp_conversation(session, 536, "t"))
     for side in (True, False):
         data = [s for s in segs if s.from_orig == side and s.payload and s.phase == "handshake"]
-        starts = nc.record_starts(b"".join(s.payload for s in sorted(data, key=lambda s: s.offset)))
+        starts = tls_capture.record_starts(b"".join(s.payload for s in sorted(data, key=lambda s: s.offset)))
         assert data[-1].offset == 0 and len(data) > 2
         assert data[0].offset not in starts  # captured first: a segment from the middle of a record
 
