@@ -24,6 +24,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sensor.metrics import RULE_IDS, SensorMetrics
 
+pytestmark = pytest.mark.prometheus
+
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "deploy" / "prometheus"
 ALERTS = PROM_DIR / "lync-sensor-alerts.yml"

@@ -30,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "lync-sample.pcap"
 NOW = datetime.now(UTC).replace(microsecond=0)
 
-pytestmark = pytest.mark.skipif(not available(), reason="PostgreSQL (Debian package postgresql) not installed")
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(not available(), reason="PostgreSQL (Debian package postgresql) not installed"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ import pytest
 from sensor.lake import sql_glob
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 
+pytestmark = pytest.mark.root
+
 EXAMPLE = ROOT / "examples" / "lync-sample.pcap"
 
 
@@ -354,7 +356,7 @@ def test_sighup_reloads_config_without_dropping_the_capture(link: Link, tmp_path
 def test_retention_by_age_and_size(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from sensor.live import apply_retention
+    from sensor.live_status import apply_retention
 
     lake = tmp_path / "lake"
     for table, day, hour, size in [

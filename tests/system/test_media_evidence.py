@@ -20,6 +20,8 @@ from sensor.synth.pcapio import PcapWriter, atomic_output
 from tests.conftest import CAPTURES, default_config, flows_by_uid
 from tests.support import media_corpus as mc
 
+pytestmark = pytest.mark.media
+
 # --- each kind of evidence, from packets run through the compiled per-packet code --------------------------------
 
 

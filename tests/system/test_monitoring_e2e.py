@@ -26,10 +26,13 @@ import yaml
 from tests.conftest import EXAMPLE_CONFIG, ROOT, capture
 from tests.support.dashboards import load_dashboards, panel_queries, substitute
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("prometheus") and shutil.which("prometheus-alertmanager")),
-    reason="Debian packages prometheus and prometheus-alertmanager are not installed (make setup installs them)",
-)
+pytestmark = [
+    pytest.mark.prometheus,
+    pytest.mark.skipif(
+        not (shutil.which("prometheus") and shutil.which("prometheus-alertmanager")),
+        reason="Debian packages prometheus and prometheus-alertmanager are not installed (make setup installs them)",
+    ),
+]
 ALERTS = ROOT / "deploy" / "prometheus" / "lync-sensor-alerts.yml"
 ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 DEADLINE_S = 90

@@ -23,6 +23,8 @@ from sensor.facts.dissect import dissect
 from sensor.synth import build_labelled, write
 from tests.conftest import CAPTURES
 
+pytestmark = pytest.mark.tshark
+
 TSHARK = ["tshark", "-o", "tcp.reassemble_out_of_order:TRUE"]
 
 

@@ -23,6 +23,8 @@ from sensor.facts.tls import parse_streams
 from sensor.facts.x509names import cert_names
 from tests.conftest import capture
 
+pytestmark = pytest.mark.tshark
+
 # ---- certificates and handshakes -----------------------------------------------------------------
 
 

@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 RULES = [f"R{n}" for n in range(1, 18)]
 
 

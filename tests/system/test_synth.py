@@ -18,6 +18,8 @@ from sensor.synth.__main__ import main
 from sensor.synth.bulk import write_bench_capture
 from sensor.synth.http import redacted
 
+pytestmark = pytest.mark.tshark
+
 FIELDS = [
     "frame.time_epoch",
     "ip.src",

@@ -10,6 +10,8 @@ import pytest
 from sensor.schema import tls_version_name
 from tests.conftest import analyse, capture, flows_by_uid
 
+pytestmark = pytest.mark.tshark
+
 TLS_CAPTURES = [
     "zeek__tls1.2.pcap",
     "zeek__client-certificate.pcap",

@@ -337,7 +337,7 @@ def test_reader_arrays_hold_no_impossible_values(tmp_path: Path) -> None:
     assert reader.stats.damaged
 
 
-@pytest.mark.parametrize("dissector", ["native", "wireshark"])
+@pytest.mark.parametrize("dissector", ["native", pytest.param("wireshark", marks=pytest.mark.tshark)])
 def test_orig_len_beyond_int32_on_a_fact_packet_end_to_end(tmp_path: Path, dissector: str) -> None:
     """The SIP INVITE's orig_len set to 2^31: once a struct.error in the fact stream to Wireshark, and exit 1."""
     data = bytearray(capture("heplify__sip_ipv4_tcp.pcap").read_bytes())

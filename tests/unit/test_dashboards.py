@@ -346,6 +346,7 @@ def _rule_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.prometheus
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")
 def test_promtool_parses_every_query(tmp_path: Path) -> None:
     done = subprocess.run(
