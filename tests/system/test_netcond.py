@@ -25,6 +25,8 @@ from sensor.synth import netcond as nc
 from sensor.synth import pki, tls_capture
 from tests.conftest import ISSUE_EXAMPLE_TOML, flows_by_uid
 
+pytestmark = pytest.mark.tshark
+
 CASES = {case.name: case for case in nc.all_cases()}
 TCP = [name for name, case in CASES.items() if case.flows[0].proto == "tcp"]
 UDP = [name for name, case in CASES.items() if case.flows[0].proto == "udp"]
