@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 EXAMPLE_LAKE ?= ./lake
 
-.PHONY: setup example test lint typecheck unit bench bench-analyze bench-rules bench-live bench-live-media golden clean
+.PHONY: setup example test lint typecheck tests unit system bench bench-analyze bench-rules bench-live bench-live-media golden clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,10 +26,18 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-unit: setup
+# every test; `make unit` runs tests/unit (no program beyond Python), `make system` tests/system (tshark, dumpcap,
+# ffmpeg, Prometheus, PostgreSQL, root: see the markers in pyproject.toml)
+tests: setup
 	$(BIN)/pytest -q
 
-test: lint typecheck unit
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+system: setup
+	$(BIN)/pytest -q tests/system
+
+test: lint typecheck tests
 
 # analyze vs nDPI's ndpiReader and tshark on the handshake-heavy (20k TLS sessions) and media-heavy (5M packets)
 # mixes, plus peak RSS on captures 5x longer; table on stdout, bench/out/stream-results.{md,json}
@@ -52,7 +60,7 @@ bench-live-media: setup
 
 golden: setup
 	$(PY) -m sensor.synth labelled examples/lync-sample.pcap --seed 7
-	LYNC_SENSOR_UPDATE_GOLDEN=1 $(BIN)/pytest -q tests/test_metrics.py
+	LYNC_SENSOR_UPDATE_GOLDEN=1 $(BIN)/pytest -q tests/unit/test_metrics.py
 
 clean:
 	rm -rf $(VENV) lake bench/out .pytest_cache .mypy_cache .ruff_cache
