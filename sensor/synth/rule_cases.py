@@ -1,6 +1,6 @@
 """Rule cases: one capture with, per rule R1-R17, flows that must fire it and flows that must not.
 
-Addresses follow RULE_CASE_ROLES (the site of tests/test_rules.py). Each label's expect["findings"] maps
+Addresses follow RULE_CASE_ROLES (the site of tests/unit/test_rules.py). Each label's expect["findings"] maps
 rule id -> severity under that site's default policy; a rule not listed must not name the flow.
 """
 

@@ -355,4 +355,4 @@ def test_promtool_parses_every_query(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-# Every query is also run against a real Prometheus scraping the sensor in tests/test_monitoring_e2e.py.
+# Every query is also run against a real Prometheus scraping the sensor in tests/system/test_monitoring_e2e.py.

@@ -48,7 +48,7 @@ def example_metrics(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_golden_metrics_page(example_metrics: str) -> None:
-    """Regenerate with `LYNC_SENSOR_UPDATE_GOLDEN=1 pytest tests/test_metrics.py` (make golden)."""
+    """Regenerate with `LYNC_SENSOR_UPDATE_GOLDEN=1 pytest tests/unit/test_metrics.py` (make golden)."""
     got = normalised(example_metrics)
     if UPDATE:
         GOLDEN.write_text(got)
