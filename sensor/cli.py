@@ -357,7 +357,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """`status`: print the running sensor's status file as JSON; exit 0 if healthy, else 1."""
     import time as _time
 
-    from sensor.live import read_status
+    from sensor.live_status import read_status
 
     cfg = _load(args)
     st = read_status(cfg)

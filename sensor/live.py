@@ -4,176 +4,37 @@ Capture runs in Wireshark's dumpcap, writing a ring of short pcapng files into a
 the sensor reads each file once dumpcap has moved on to the next, runs it through the same fast path and
 dissectors as `analyze`, and deletes it. A dumpcap that dies is restarted with backoff; ring files
 overwritten before they were read are counted as overruns, and the drops dumpcap reports are exported.
+dumpcap and its ring are `sensor.sources.dumpcap`; the status file and the lake's retention `sensor.live_status`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import shutil
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 
 from sensor.analyze import Analyzer
-from sensor.atomic import atomic_write
 from sensor.config import Config
 from sensor.errors import SensorError, SinkError, SourceError
 from sensor.fastpath.path import PacketPath
-from sensor.lake import partitions
 from sensor.lakes import Lake, open_lake
+from sensor.live_status import Status, apply_retention, write_status
 from sensor.metrics import SensorMetrics
 from sensor.rules.check import Checker
 from sensor.rules.context import Window
 from sensor.site import Site
+from sensor.sources.dumpcap import DumpcapCapture, Spool
 from sensor.sources.pcap import CaptureReader
 
 log = logging.getLogger(__name__)
-_RING = re.compile(r"^live_(\d+)_(\d{14})\.pcapng$")
-_DROPS = re.compile(r"Packets received/dropped on interface '.*': (\d+)/(\d+)")
 MAX_PENDING_RECORDS = 2_000_000
-
-
-@dataclass
-class Status:
-    """What `lync-sensor status` shows; written by the running sensor every tick."""
-
-    pid: int = 0
-    started: float = 0.0
-    updated: float = 0.0
-    interface: str = ""
-    capture_running: bool = False
-    capture_restarts: int = 0
-    packets: int = 0
-    drops: int = 0
-    overruns: int = 0
-    open_flows: int = 0
-    last_flush: float = 0.0
-    last_rule_evaluation: float = 0.0
-    disk_guard: bool = False
-    pending_records: int = 0
-    errors: list[str] = field(default_factory=list)
-
-
-class DumpcapCapture:
-    """dumpcap writing a ring of files into the spool; restarted with backoff when it dies."""
-
-    def __init__(
-        self,
-        interface: str,
-        bpf: str,
-        spool: Path,
-        *,
-        seconds: int,
-        files: int,
-        buffer_mib: int,
-        metrics: SensorMetrics,
-        on_error: Callable[[str], None],
-    ) -> None:
-        self.cmd = [
-            "dumpcap",
-            "-i",
-            interface,
-            "-q",
-            "-B",
-            str(buffer_mib),
-            "-b",
-            f"duration:{seconds}",
-            "-b",
-            f"files:{files}",
-            "-w",
-            str(spool / "live.pcapng"),
-        ]
-        if bpf:
-            self.cmd[3:3] = ["-f", bpf]
-        self.metrics = metrics
-        self.on_error = on_error
-        self.proc: subprocess.Popen[str] | None = None
-        self.restarts = 0
-        self.drops = 0
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._supervise, name="dumpcap", daemon=True)
-
-    def start(self) -> None:
-        if shutil.which("dumpcap") is None:
-            raise SourceError("dumpcap not found (install the Debian package 'tshark': make setup)")
-        self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def _supervise(self) -> None:
-        backoff = 1.0
-        while not self._stopping.is_set():
-            started = time.monotonic()
-            self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            self.metrics.capture_running.set(1)
-            _, err = self.proc.communicate()
-            self.metrics.capture_running.set(0)
-            for m in _DROPS.finditer(err or ""):
-                dropped = int(m.group(2))
-                self.drops += dropped
-                self.metrics.capture_drops.labels("live").inc(dropped)
-            if self._stopping.is_set():
-                return
-            reason = (err or "").strip().splitlines()
-            self.on_error(f"dumpcap exited with code {self.proc.returncode}: {reason[-1] if reason else 'no message'}")
-            self.restarts += 1
-            self.metrics.capture_restarts.inc()
-            if time.monotonic() - started > 60:
-                backoff = 1.0
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, 30.0)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # dumpcap closes its current file cleanly
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        if self._thread.is_alive():
-            self._thread.join(timeout=15)
-
-
-class Spool:
-    """The ring files in the spool directory, in capture order, and the ones safe to read."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._last: tuple[str, int] | None = None
-
-    def files(self) -> list[tuple[str, int, Path]]:
-        out = []
-        for p in self.path.iterdir():
-            m = _RING.match(p.name)
-            if m:
-                out.append((m.group(2), int(m.group(1)), p))
-        return sorted(out)
-
-    def ready(self, capture_running: bool) -> tuple[list[Path], int]:
-        """Files dumpcap has finished (all but the newest while it runs), and how many ring files were
-        overwritten since the last call (a gap in the sequence numbers of one dumpcap run)."""
-        files = self.files()
-        if capture_running and files:
-            files = files[:-1]
-        lost = 0
-        for stamp, seq, _ in files:
-            if self._last is not None and seq > self._last[1] + 1 and stamp >= self._last[0]:
-                lost += seq - self._last[1] - 1
-            self._last = (stamp, seq)
-        return [p for _, _, p in files], lost
 
 
 class LiveSensor:
@@ -446,48 +307,7 @@ class LiveSensor:
         st.capture_running = capture.running if capture is not None else False
         st.capture_restarts = capture.restarts if capture is not None else 0
         st.drops = self._iface_drops + (capture.drops if capture is not None else 0)
-        path = status_path(self.cfg)
         try:
-            atomic_write(path, json.dumps(st.__dict__, indent=1), durable=False)  # rewritten every few seconds
+            write_status(self.cfg, st)
         except OSError as exc:
             log.debug("status file: %s", exc)
-
-
-def apply_retention(lake: Path, *, days: int, max_bytes: int, now: float) -> list[Path]:
-    """Delete hour partitions of the lake's tables older than `days`, then the oldest ones while the lake is
-    larger than `max_bytes` (0 = no limit for either). Returns the partitions removed, oldest first."""
-    cutoff = (datetime.fromtimestamp(now, UTC) - timedelta(days=days)).date().isoformat() if days else None
-    parts = sorted(
-        (p for tbl in ("flows", "findings") for p in partitions(lake, tbl)), key=lambda p: (p.day, p.hour, p.path)
-    )
-    removed: list[Path] = []
-    kept: list[tuple[Path, int]] = []
-    for p in parts:
-        if cutoff and p.day < cutoff:
-            shutil.rmtree(p.path, ignore_errors=True)
-            removed.append(p.path)
-        else:
-            kept.append((p.path, sum(f.stat().st_size for f in p.path.glob("*.parquet"))))
-    total = sum(size for _, size in kept)
-    for path, size in kept:
-        if not max_bytes or total <= max_bytes:
-            break
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-        total -= size
-    return removed
-
-
-def status_path(cfg: Config) -> Path:
-    """The live status file: live.status_file if set, else status.json in the spool directory."""
-    return Path(cfg.live.status_file) if cfg.live.status_file else Path(cfg.live.spool) / "status.json"
-
-
-def read_status(cfg: Config) -> Status:
-    """The status the running sensor last wrote; SensorError if there is none."""
-    path = status_path(cfg)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SensorError(f"no sensor status at {path}: {exc}") from exc
-    return Status(**{k: v for k, v in data.items() if k in Status.__dataclass_fields__})
