@@ -35,7 +35,7 @@ WRITER = """
 import sys, time
 from pathlib import Path
 from sensor.lakes.ducklake import DuckLake
-from tests.test_ducklake import records
+from tests.system.test_ducklake import records
 catalog, data, spool, sensor, n, seconds = sys.argv[1:7]
 lake = DuckLake(catalog, data, Path(spool))
 end, b = time.monotonic() + float(seconds), 0

@@ -106,7 +106,7 @@ WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from sensor.lakes.ducklake import DuckLake
-    from tests.test_ducklake import records
+    from tests.system.test_ducklake import records
     catalog, data, spool, sensor, batches, n, pause = sys.argv[1:8]
     lake = DuckLake(catalog, data, Path(spool), retry_initial=0.2, retry_max=1.0)
     for b in range(int(batches)):

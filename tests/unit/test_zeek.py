@@ -650,7 +650,7 @@ def test_synthetic_lync_traffic_seen_through_zeek_gains_no_finding(tmp_path: Pat
     because a fact Zeek cannot supply is null."""
     from sensor.synth import build_labelled, write
     from sensor.synth.rule_cases import build_rule_cases
-    from tests.test_rules import SITE
+    from tests.unit.test_rules import SITE
 
     pcap = tmp_path / f"{scenario}.pcap"
     write(build_rule_cases() if scenario == "rules" else build_labelled(7), pcap)
