@@ -1,4 +1,4 @@
-"""Tests for sensor.catalogue: the data files load, agree with lync-reference.md, the lookups pick right."""
+"""Tests for sensor.catalogue(_csv): the data files load, agree with lync-reference.md, the lookups pick right."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sensor.catalogue import Catalogue, CipherSuite, PortRow
+from sensor.catalogue import Catalogue
+from sensor.catalogue_csv import CipherSuite, PortRow
 from sensor.errors import ConfigError
 from sensor.roles import CATALOGUE_ROLES
 from sensor.schema import TLS_VERSIONS, tls_version_name
