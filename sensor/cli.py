@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from sensor import __version__
 from sensor.config import Config, load_config
 from sensor.errors import SensorError
+from sensor.progress import Progress
 
 if TYPE_CHECKING:
     from sensor.exporter import MetricsServer
@@ -176,68 +178,34 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """`analyze`: captures into the lake, the rules over them, then a summary; returns the exit code."""
+    # heavy (pyarrow, DuckDB, numba, prometheus_client): imported when the subcommand runs, so `--help` stays fast
     from sensor.analyze import analyze_to_lake
+    from sensor.exporter import MetricsServer
     from sensor.metrics import SensorMetrics, rule_ids
-    from sensor.progress import Progress
-    from sensor.summary import render, summarize
+    from sensor.rules.check import render as render_findings
+    from sensor.summary import analysis_json, analysis_text
 
     cfg = _load(args)
     progress = None if (args.no_progress or not cfg.sensor.progress) else Progress()
     metrics = SensorMetrics(sensor_id=cfg.sensor.id, site=cfg.sensor.site, rule_ids=rule_ids(cfg.sensor.rules))
     server = None
     if args.serve:
-        from sensor.exporter import MetricsServer
-
         server = MetricsServer(metrics.registry, cfg.metrics).start()
         print(f"Serving {server.url}", file=sys.stderr, flush=True)
     run = analyze_to_lake(
         cfg, args.captures, metrics=metrics, progress=progress, rules=not args.no_rules, replace=args.replace
     )
-    result, written, report = run.analysis, run.written, run.report
-    lake = cfg.sensor.lake if cfg.lake.backend == "parquet" else f"ducklake {cfg.lake.catalog}"
-    for rep in result.captures:
+    for rep in run.analysis.captures:
         for reason in rep.damaged:
-            print(
-                f"warning: {rep.path}: {reason} ({rep.packets:,} packets read in all)",
-                file=sys.stderr,
-            )
-    code = _verdict(report)
+            print(f"warning: {rep.path}: {reason} ({rep.packets:,} packets read in all)", file=sys.stderr)
+    code = _verdict(run.report)
     if args.json:
-        out: dict[str, object] = {
-            "packets": result.packets,
-            "flows": result.table.num_rows,
-            "files": [str(w.path) for w in written],
-            "summary": summarize(result.table),
-            "stream": result.stream,
-        }
-        if report is not None:
-            out["findings"] = {r.rule.id: r.by_severity for r in report.evaluation.results if r.findings}
-            out["rule_errors"] = [str(p) for p in report.evaluation.problems]
-        print(json.dumps(out, default=str), flush=True)
-        if server is not None:
-            _hold(server)
-        return code
-    rate = result.packets / result.seconds if result.seconds else 0.0
-    print(
-        f"Analysed {len(result.captures)} capture(s): {result.packets:,} packets in {result.seconds:.1f} s "
-        f"({rate:,.0f} packets/s), "
-        + (
-            f"{result.fact_packets:,} fact packets handed to Wireshark's dissectors."
-            if cfg.sensor.dissector == "wireshark"
-            else f"{result.fact_packets:,} streams and datagrams parsed for facts."
-        )
-    )
-    frag = {k: v for k, v in result.stream.items() if v}
-    if frag:
-        print("Stream layer: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in frag.items()) + ".")
-    print(f"Wrote {result.table.num_rows:,} flow records to {lake}/flows in {len(written)} file(s).")
-    if run.replaced:
-        print(f"Replaced the earlier records of these captures: {run.replaced:,} file(s) removed.")
-    print(render(result.table))
-    if report is not None:
-        from sensor.rules.check import render as render_findings
-
-        print(render_findings(report, problems=False))
+        print(json.dumps(analysis_json(run), default=str), flush=True)
+    else:
+        lake = cfg.sensor.lake if cfg.lake.backend == "parquet" else f"ducklake {cfg.lake.catalog}"
+        print(analysis_text(run, lake=lake, dissector=cfg.sensor.dissector))
+        if run.report is not None:
+            print(render_findings(run.report, problems=False))
     if server is not None:
         _hold(server)
     return code
@@ -262,6 +230,7 @@ def _verdict(report: CheckReport | None) -> int:
     found); else 1 when a rule found a violation; else 0. Rule problems go to stderr."""
     if report is None:
         return EXIT_OK
+    # heavy, and loaded already by whoever made the report: imported here so `--help` does not pay for it
     from sensor.rules.check import problem_lines
 
     for line in problem_lines(report):
@@ -273,6 +242,8 @@ def _verdict(report: CheckReport | None) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """`check`: evaluate the rules over a window of the lake and store the findings; returns the exit code."""
+    # heavy (pyarrow, DuckDB, numba, prometheus_client): imported when the subcommand runs, so `--help` stays fast
+    from sensor.lakes import open_lake
     from sensor.rules.check import Checker, parse_since, parse_time, render
     from sensor.rules.context import Window
 
@@ -285,8 +256,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         window = Window(start, parse_time(args.end, "--to") if args.end else now)
     else:
         window = Window()
-    from sensor.lakes import open_lake
-
     lake = open_lake(cfg)
     try:
         if not lake.has_flows():
@@ -306,6 +275,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_rules(args: argparse.Namespace) -> int:
     """`rules list|lint`: print the loaded rules or their problems; returns the exit code."""
+    # heavy (pyarrow, DuckDB, numba, prometheus_client): imported when the subcommand runs, so `--help` stays fast
     from sensor.rules.check import Checker
 
     cfg = _load(args)
@@ -325,6 +295,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`run`: the long-running sensor with its /metrics server until a signal stops it; returns the exit code."""
+    # heavy (pyarrow, DuckDB, numba, prometheus_client): imported when the subcommand runs, so `--help` stays fast
     from sensor.exporter import MetricsServer
     from sensor.live import LiveSensor
     from sensor.metrics import SensorMetrics, rule_ids
@@ -355,20 +326,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """`status`: print the running sensor's status file as JSON; exit 0 if healthy, else 1."""
-    import time as _time
-
-    from sensor.live_status import read_status
+    # heavy (pyarrow, through the lake's layout): imported when the subcommand runs, so `--help` stays fast
+    from sensor.live_status import health, read_status
 
     cfg = _load(args)
     st = read_status(cfg)
-    age = _time.time() - st.updated
-    healthy = st.capture_running and age < max(30, 3 * cfg.sensor.interval)
+    age, healthy = health(cfg, st, time.time())
     print(json.dumps({**st.__dict__, "age_seconds": round(age, 1), "healthy": healthy}, indent=2))
     return EXIT_OK if healthy else EXIT_FINDINGS
 
 
 def cmd_zeek(args: argparse.Namespace) -> int:
     """`ingest-zeek` and `zeek-topology`, run by sensor.ingest_zeek; returns the exit code."""
+    # heavy (pyarrow, DuckDB, numba, prometheus_client): imported when the subcommand runs, so `--help` stays fast
     from sensor.ingest_zeek import run_command
 
     return run_command(args, _load(args))
@@ -376,6 +346,7 @@ def cmd_zeek(args: argparse.Namespace) -> int:
 
 def cmd_lake(args: argparse.Namespace) -> int:
     """`lake maintain|import` on a DuckLake; returns the exit code."""
+    # heavy (pyarrow, DuckDB, numba, prometheus_client): imported when the subcommand runs, so `--help` stays fast
     from sensor.lakes import open_lake
     from sensor.lakes.ducklake import DuckLake
     from sensor.lakes.maintain import import_parquet, maintain
@@ -401,23 +372,17 @@ def cmd_lake(args: argparse.Namespace) -> int:
     days = cfg.live.retention_days if args.retention_days is None else args.retention_days
     if days < 0:
         raise SensorError(f"--retention-days {days}: give 0 (keep all) or more")
-    rep = maintain(lake, retention_days=days, keep_snapshots=keep, now=now)
-    deleted = ", ".join(f"{t} {n:,}" for t, n in rep.deleted.items()) or "none (retention off)"
-    print(f"Retention ({days} days): records deleted: {deleted}.")
-    print(f"Compaction: {rep.files_before:,} data files before, {rep.files_after:,} after.")
-    print(f"Snapshots expired: {rep.snapshots_expired:,}; old files removed: {rep.files_removed:,}.")
-    print(f"  {'table':<14} {'sensor':<20} {'files':>7} {'records':>12} {'bytes':>14}")
-    for row in rep.sizes:
-        print(f"  {row.table:<14} {row.sensor or '-':<20} {row.files:>7,} {row.records:>12,} {row.bytes:>14,}")
+    print(maintain(lake, retention_days=days, keep_snapshots=keep, now=now).render(days))
     return EXIT_OK
 
 
 def cmd_config(args: argparse.Namespace) -> int:
     """`config check|show`: load and check the configuration, or print it as JSON; returns the exit code."""
+    # the exporter (prometheus_client, bcrypt, yaml) would double `lync-sensor --help`'s start-up: imported here
+    from sensor.exporter import load_web_config
+
     cfg = _load(args)
     if cfg.metrics.web_config_file:  # checked here too, not only when --serve starts the exporter
-        from sensor.exporter import load_web_config
-
         load_web_config(cfg.metrics.web_config_file)
     if args.action == "show":
         print(json.dumps(cfg.to_dict(), indent=2, default=str))

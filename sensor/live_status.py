@@ -75,6 +75,13 @@ def read_status(cfg: Config) -> Status:
     return Status(**{k: v for k, v in data.items() if k in Status.__dataclass_fields__})
 
 
+def health(cfg: Config, status: Status, now: float) -> tuple[float, bool]:
+    """The status's age in seconds, and whether the sensor is healthy: capturing, and updated within
+    max(30 s, three export intervals)."""
+    age = now - status.updated
+    return age, status.capture_running and age < max(30, 3 * cfg.sensor.interval)
+
+
 def write_status(cfg: Config, status: Status) -> None:
     """Replace the status file (not fsynced: it is rewritten every few seconds); OSError if it cannot be written."""
     atomic_write(status_path(cfg), json.dumps(status.__dict__, indent=1), durable=False)

@@ -1,9 +1,14 @@
-"""The readable summary printed after an analysis: flows by role pair and app, TLS, plaintext, media."""
+"""What `analyze` prints: its report, and the summary of flows by role pair and app, TLS, plaintext, media."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import duckdb
 import pyarrow as pa
+
+if TYPE_CHECKING:  # a type only: analyze does not need this module, and this one runs after it
+    from sensor.analyze import RunResult
 
 _FLOWS = """
     SELECT uid, any_value(orig_role) AS orig_role, any_value(resp_role) AS resp_role, any_value(app) AS app,
@@ -49,4 +54,43 @@ def render(flows: pa.Table) -> str:
     lines += [f"  {v:<8} {n:>7}" for v, n in s["tls_versions"]] or ["  none"]
     lines.append("Plaintext and media:")
     lines += [f"  {k:<32} {n:>7}" for k, n in s["plaintext"]]
+    return "\n".join(lines)
+
+
+def analysis_json(run: RunResult) -> dict[str, object]:
+    """`analyze --json`: packets, flows, files written, the summary, stream events and, with rules, findings."""
+    result, report = run.analysis, run.report
+    out: dict[str, object] = {
+        "packets": result.packets,
+        "flows": result.table.num_rows,
+        "files": [str(w.path) for w in run.written],
+        "summary": summarize(result.table),
+        "stream": result.stream,
+    }
+    if report is not None:
+        out["findings"] = {r.rule.id: r.by_severity for r in report.evaluation.results if r.findings}
+        out["rule_errors"] = [str(p) for p in report.evaluation.problems]
+    return out
+
+
+def analysis_text(run: RunResult, *, lake: str, dissector: str) -> str:
+    """`analyze`'s text report: what was read and how fast, stream events, what was written, then render()."""
+    result = run.analysis
+    rate = result.packets / result.seconds if result.seconds else 0.0
+    lines = [
+        f"Analysed {len(result.captures)} capture(s): {result.packets:,} packets in {result.seconds:.1f} s "
+        f"({rate:,.0f} packets/s), "
+        + (
+            f"{result.fact_packets:,} fact packets handed to Wireshark's dissectors."
+            if dissector == "wireshark"
+            else f"{result.fact_packets:,} streams and datagrams parsed for facts."
+        )
+    ]
+    frag = {k: v for k, v in result.stream.items() if v}
+    if frag:
+        lines.append("Stream layer: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in frag.items()) + ".")
+    lines.append(f"Wrote {result.table.num_rows:,} flow records to {lake}/flows in {len(run.written)} file(s).")
+    if run.replaced:
+        lines.append(f"Replaced the earlier records of these captures: {run.replaced:,} file(s) removed.")
+    lines.append(render(result.table))
     return "\n".join(lines)

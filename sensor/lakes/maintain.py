@@ -45,6 +45,21 @@ class MaintainReport:
     files_removed: int = 0
     sizes: list[SizeRow] = field(default_factory=list)
 
+    def render(self, retention_days: int) -> str:
+        """The report as `lync-sensor lake maintain` prints it: retention, compaction, snapshots, sizes."""
+        deleted = ", ".join(f"{t} {n:,}" for t, n in self.deleted.items()) or "none (retention off)"
+        lines = [
+            f"Retention ({retention_days} days): records deleted: {deleted}.",
+            f"Compaction: {self.files_before:,} data files before, {self.files_after:,} after.",
+            f"Snapshots expired: {self.snapshots_expired:,}; old files removed: {self.files_removed:,}.",
+            f"  {'table':<14} {'sensor':<20} {'files':>7} {'records':>12} {'bytes':>14}",
+        ]
+        for row in self.sizes:
+            lines.append(
+                f"  {row.table:<14} {row.sensor or '-':<20} {row.files:>7,} {row.records:>12,} {row.bytes:>14,}"
+            )
+        return "\n".join(lines)
+
 
 def _meta() -> str:
     return f"__ducklake_metadata_{ALIAS}"
