@@ -11,7 +11,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sensor.lake import LakeWriter, Written
+from sensor.lake import LakeWriter, Written, sql_glob
+from sensor.lake import files as lake_files
 from sensor.rules.loader import SEVERITIES, Rule, RuleProblem, output_columns, problem_from_duckdb
 from sensor.schema import FINDING_SCHEMA
 
@@ -106,12 +107,11 @@ def new_findings(lake: Path, findings: pa.Table) -> pa.Table:
     """The findings not already in the lake (re-running a window adds nothing twice)."""
     if findings.num_rows == 0:
         return findings
-    files = list((lake / "findings").glob("date=*/hour=*/*.parquet"))
-    if not files:
+    if not lake_files(lake, "findings"):
         return findings
     con = duckdb.connect()
     con.register("candidate", findings.select(["finding_id"]))
-    glob = str(lake / "findings" / "**" / "*.parquet").replace("'", "''")
+    glob = sql_glob(lake, "findings")
     seen = con.sql(f"""
         SELECT DISTINCT finding_id FROM read_parquet('{glob}', hive_partitioning = true)
         WHERE finding_id IN (SELECT finding_id FROM candidate)
