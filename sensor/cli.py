@@ -46,6 +46,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _dissector(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--dissector", choices=("native", "wireshark"), default=None, help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The lync-sensor argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="lync-sensor", description="Passive Lync Server 2013 protection sensor.")
@@ -63,11 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     a.add_argument("--json", action="store_true", help="print the summary as JSON")
     a.add_argument("--no-rules", action="store_true", help="do not evaluate the rules after the analysis")
-    a.add_argument(
-        "--dissector",
-        choices=("native", "wireshark"),
-        default=None,
-        help="who parses the handshake facts: the native stream parsers (default) or Wireshark's dissectors "
+    _dissector(
+        a,
+        "who parses the handshake facts: the native stream parsers (default) or Wireshark's dissectors "
         "through tshark, a second opinion at Wireshark's speed (overrides sensor.dissector)",
     )
     a.add_argument(
@@ -109,12 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--interface", default=None, help="capture interface (overrides live.interface)")
     lv.add_argument("--bpf", default=None, help="capture filter (overrides live.bpf)")
     lv.add_argument("--lake", type=Path, default=None, help="lake directory (overrides sensor.lake)")
-    lv.add_argument(
-        "--dissector",
-        choices=("native", "wireshark"),
-        default=None,
-        help="native stream parsers (default) or Wireshark's dissectors (overrides sensor.dissector)",
-    )
+    _dissector(lv, "native stream parsers (default) or Wireshark's dissectors (overrides sensor.dissector)")
     lv.add_argument(
         "--spool-only",
         action="store_true",
@@ -244,18 +241,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     """`check`: evaluate the rules over a window of the lake and store the findings; returns the exit code."""
     # heavy (pyarrow, DuckDB, numba, prometheus_client): imported when the subcommand runs, so `--help` stays fast
     from sensor.lakes import open_lake
-    from sensor.rules.check import Checker, parse_since, parse_time, render
-    from sensor.rules.context import Window
+    from sensor.rules.check import Checker, parse_window, render
 
     cfg = _load(args)
     now = _now()
-    if args.since:
-        window = parse_since(args.since, now)
-    elif args.start or args.end:
-        start = parse_time(args.start, "--from") if args.start else None
-        window = Window(start, parse_time(args.end, "--to") if args.end else now)
-    else:
-        window = Window()
+    window = parse_window(args.since, args.start, args.end, now)
     lake = open_lake(cfg)
     try:
         if not lake.has_flows():

@@ -59,6 +59,15 @@ def parse_time(text: str, flag: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
+def parse_window(since: str | None, start: str | None, end: str | None, now: datetime) -> context.Window:
+    """`check`'s window: --since DURATION (ending now), else --from/--to (--to defaults to now), else all time."""
+    if since:
+        return parse_since(since, now)
+    if start or end:
+        return context.Window(parse_time(start, "--from") if start else None, parse_time(end, "--to") if end else now)
+    return context.Window()
+
+
 class Checker:
     """Loads the rules once and evaluates them in a DuckDB context holding the site's tables."""
 
