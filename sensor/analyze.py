@@ -80,10 +80,14 @@ class Analyzer:
         readers = [CaptureReader(p) for p in captures]  # open all first: a bad path fails before any work
         reports: list[CaptureReport] = []
         path = self.packet_path()
+        chunks: list[pa.Table] = []
+        exported = 0
         try:
             for reader in readers:
                 for batch in reader:
                     path.feed(batch)
+                    if path.native and path.table.nflows > CHUNK_FLOWS:
+                        exported = self._export_ended(path, chunks, exported)
                     if self.progress:
                         st = reader.stats
                         self.progress(str(reader.path), st.bytes_read, st.file_bytes, path.packets)
@@ -110,7 +114,12 @@ class Analyzer:
             path.fact_count,
             path.stream_counters(),
         )
-        out = self.records.build(path.table, path.facts)
+        chunks.append(self.records.build(path.table, path.facts, exported))
+        out = (
+            chunks[0]
+            if len(chunks) == 1
+            else pa.concat_tables(chunks).sort_by([("ts", "ascending"), ("uid", "ascending")])
+        )
         return Analysis(
             out,
             reports,
@@ -120,6 +129,26 @@ class Analyzer:
             time.monotonic() - started,
             path.stream_counters(),
         )
+
+    def _export_ended(self, path: PacketPath, chunks: list[pa.Table], exported: int) -> int:
+        """Memory follows the open flows, not the capture's length: end the flows a long capture has finished
+        with (closed by FIN/RST, or idle), turn their records into a table and drop them from memory, as the
+        live sensor does at each export. Returns the records still to export (0 after the compaction)."""
+        table, now = path.table, path.last_ts
+        ended = table.end_closed(now, CLOSE_GRACE_NS) + table.expire_idle(now)
+        if not ended:
+            return exported
+        path.settle(now)  # the ended flows' stream prefixes are parsed and released
+        chunks.append(self.records.build(table, path.facts, exported, table.nrecords))
+        path.compact()
+        return 0
+
+
+# An offline run (native facts) holding more flows than this ends and exports the flows it has finished with (see
+# Analyzer._export_ended); below it everything stays in memory to the end. Closed TCP flows are ended
+# CLOSE_GRACE_NS after their last packet (packet time).
+CHUNK_FLOWS = 20_000
+CLOSE_GRACE_NS = 5 * 1_000_000_000
 
 
 # ---- one offline run end to end: captures -> flow records in the lake -> rules -> findings, with metrics ----

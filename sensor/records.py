@@ -10,8 +10,9 @@ import numpy as np
 import pyarrow as pa
 
 from sensor.facts import media
-from sensor.facts.calls import CallIndex
+from sensor.facts.calls import CALL_TIMEOUT_NS, CallIndex
 from sensor.facts.flowfacts import FlowFacts
+from sensor.facts.sip import SdpMedia, SipMessage
 from sensor.fastpath import columns as col
 from sensor.fastpath import packets as pk
 from sensor.fastpath.flows import FlowTable
@@ -35,6 +36,8 @@ class RecordBuilder:
         self.topology = site.topology
         self.catalogue = site.catalogue
         self.source_name = source_name
+        # flow uid -> (last packet time, SIP messages, SDP without a Call-ID) of every plaintext SIP flow seen
+        self._signalling: dict[str, tuple[int, list[SipMessage], list[SdpMedia]]] = {}
 
     @staticmethod
     def _media_context(
@@ -114,7 +117,8 @@ class RecordBuilder:
             "resp_first_byte": [None if v < 0 else v for v in fs[:, col.F_FIRST_BYTE + 1].tolist()],
             "tcp_midstream": _midstream(fs),
         }
-        fact_cols = self._fact_columns(table, facts, orig_h, orig_p, resp_h, resp_p, proto)
+        calls = self._calls(facts, uids, fs)
+        fact_cols = self._fact_columns(table, facts, calls, orig_h, orig_p, resp_h, resp_p, proto)
         per_flow.update(fact_cols)
         per_flow["service"], per_flow["service_source"] = self._services(
             proto, orig_p, resp_p, orig_role, resp_role, fact_cols["app"]
@@ -167,10 +171,26 @@ class RecordBuilder:
             sources.append(src)
         return services, sources
 
+    def _calls(self, facts: dict[int, FlowFacts], uids: list[str], fs: np.ndarray) -> CallIndex:
+        """The SDP of every plaintext SIP flow seen so far, in this build and earlier ones: a SIP flow exported
+        and dropped from memory (live, or a long offline run) still describes the media of its calls."""
+        for i, ff in facts.items():
+            msgs = ff.sip.stream_messages + ff.sip.other_messages
+            legacy = [m for m in ff.sip.media if m.call_id is None]
+            if (msgs or legacy) and i < len(uids):
+                self._signalling[uids[i]] = (int(fs[i, col.F_LAST_TS]), msgs, legacy)
+        if len(fs):  # forget the signalling of calls that can no longer bind anything
+            cutoff = int(fs[:, col.F_LAST_TS].max()) - 2 * CALL_TIMEOUT_NS
+            for uid in [u for u, v in self._signalling.items() if v[0] < cutoff]:
+                del self._signalling[uid]
+        kept = list(self._signalling.values())
+        return CallIndex((m for _, msgs, _ in kept for m in msgs), (m for _, _, legacy in kept for m in legacy))
+
     def _fact_columns(
         self,
         table: FlowTable,
         facts: dict[int, FlowFacts],
+        calls: CallIndex,
         orig_h: list[str],
         orig_p: list[int],
         resp_h: list[str],
@@ -186,10 +206,6 @@ class RecordBuilder:
             if k.startswith(("tls_", "sip_", "sdp_", "media_", "rtp_", "rtcp_", "stun_", "http_"))
             or k in ("app", "ms_turn")
         }
-        calls = CallIndex(
-            (m for ff in facts.values() for m in ff.sip.stream_messages + ff.sip.other_messages),
-            (m for ff in facts.values() for m in ff.sip.media if m.call_id is None),
-        )
         starts = fs[:, col.F_FIRST_TS].tolist()
         endpoints = {(orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i]): i for i in range(n)}
         kinds, media_own, by_endpoint = _media_flows(table, out, orig_h, orig_p, resp_h, resp_p, proto)

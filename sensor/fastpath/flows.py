@@ -12,7 +12,10 @@ from sensor.fastpath import packets as pk
 from sensor.fastpath import rtp, stream
 from sensor.fastpath.columns import (
     F_ENDED,
+    F_FLAGS,
     F_LAST_TS,
+    FL_FIN,
+    FL_RST,
     NDGC,
     NFS,
     NFU,
@@ -262,6 +265,17 @@ class FlowTable(StreamOutputs):
             self._ensure_records(int(idle.size))
             end_flows(self.fs, self.rec, self.state, idle.astype(np.int64))
         return int(idle.size)
+
+    def end_closed(self, now_ns: int, grace_ns: int) -> int:
+        """End TCP flows closed by FIN or RST whose last packet is older than grace_ns (Zeek's tcp_close_delay:
+        the last ACKs and retransmissions still belong to the flow); returns how many."""
+        act = self.active()
+        fs = self.fs
+        closed = act[((fs[act, F_FLAGS] & (FL_FIN | FL_RST)) != 0) & (fs[act, F_LAST_TS] < now_ns - grace_ns)]
+        if closed.size:
+            self._ensure_records(int(closed.size))
+            end_flows(self.fs, self.rec, self.state, closed.astype(np.int64))
+        return int(closed.size)
 
     def evict_over(self, capacity: int) -> int:
         """Keep at most `capacity` open flows: end the least recently seen ones; returns how many."""
