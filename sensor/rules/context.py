@@ -51,18 +51,20 @@ def _lit(values: object) -> str:
 
 
 def _flows_view(con: duckdb.DuckDBPyConnection) -> None:
-    """`flows`: one row per flow, counters summed over its interval records, facts from its latest record.
-
-    One GROUP BY with arg_max_null (the latest record's value, null included) instead of a window and a join:
-    about three times faster on DuckDB 1.4, and the same rows (a flow's records never share a start time)."""
     facts = [c.name for c in FLOW_COLUMNS if c.name not in (*FLOW_COUNTERS, "ts", "ts_end", "uid", "duration")]
     sums = ", ".join(f"sum({c})::BIGINT AS {c}" for c in FLOW_COUNTERS)
-    latest = ", ".join(f"arg_max_null({c}, (ts, interval_seq)) AS {c}" for c in facts)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE flows AS
-        SELECT uid, min(ts) AS ts, max(ts_end) AS ts_end, epoch(max(ts_end)) - epoch(min(ts)) AS duration,
-               {sums}, count(*) AS records, {latest}
-        FROM flow_records GROUP BY uid
+        WITH agg AS (
+            SELECT uid, min(ts) AS ts, max(ts_end) AS ts_end, {sums}, count(*) AS records
+            FROM flow_records GROUP BY uid
+        ),
+        latest AS (
+            SELECT * FROM flow_records QUALIFY row_number() OVER (PARTITION BY uid ORDER BY ts DESC) = 1
+        )
+        SELECT agg.uid, agg.ts, agg.ts_end, epoch(agg.ts_end) - epoch(agg.ts) AS duration,
+               {", ".join("agg." + c for c in FLOW_COUNTERS)}, agg.records, {", ".join("latest." + c for c in facts)}
+        FROM agg JOIN latest USING (uid)
     """)
 
 
