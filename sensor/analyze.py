@@ -103,7 +103,7 @@ class Analyzer:
                     )
                 )
             scanned = time.monotonic()
-            path.finish()
+            path.close()
         except BaseException:
             path.abort()
             raise
@@ -114,7 +114,7 @@ class Analyzer:
             path.fact_count,
             path.stream_counters(),
         )
-        chunks.append(self.records.build(path.table, path.facts, exported))
+        chunks.append(path.records(self.records.build, exported))
         out = (
             chunks[0]
             if len(chunks) == 1

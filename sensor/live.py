@@ -133,7 +133,7 @@ class LiveSensor:
                 self._write_status(capture)
                 if not files:
                     self._stop.wait(0.2)
-            path.finish()
+            path.close()
             exported = self._export(path, exported, int(self.clock() * 1e9), final=True)
             self._evaluate(self.clock())
         except BaseException:
@@ -203,16 +203,14 @@ class LiveSensor:
         self.metrics.open_flows.set(int(table.active().size))
         if evicted:
             self.metrics.flow_evictions.inc(evicted)
-        # facts are complete (as far as the bytes go) on a flow's first interval record: parse every stream
-        # prefix still pending before building the records
-        path.facts_for_export(path.last_ts)
+        # facts are complete (as far as the bytes go) on a flow's first interval record: records() parses every
+        # stream prefix still pending before building them
+        records = path.records(self.builder.records.build, exported, table.nrecords)
         for event, total in path.stream_counters().items():
             delta = total - self._stream_seen.get(event, 0)
             if delta > 0:
                 self.metrics.stream_events.labels(event).inc(delta)
             self._stream_seen[event] = total
-        with path.lock:
-            records = self.builder.records.build(table, path.facts, exported, table.nrecords)
         self.metrics.open_flows.set(int(table.active().size))
         self.status.open_flows = int(table.active().size)
         if records.num_rows:

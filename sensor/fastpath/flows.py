@@ -104,6 +104,7 @@ class FlowTable(StreamOutputs):
         self.rlen = np.zeros(64, np.int64)
         self.rts = np.zeros(64, np.int64)
         self.rsrc = np.zeros(64, np.int64)
+        self.units = np.zeros((64, 3), np.int64)  # media units of one packet (kernel scratch): offset, length, whole
 
     @property
     def nrecords(self) -> int:
@@ -196,6 +197,7 @@ class FlowTable(StreamOutputs):
                 self.rlen,
                 self.rts,
                 self.rsrc,
+                self.units,
             )
             if status == ST_DONE:
                 return

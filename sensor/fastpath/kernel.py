@@ -115,6 +115,7 @@ def process(  # type: ignore[no-untyped-def]
     rlen,
     rts,
     rsrc,
+    units,
 ):
     """Account packets start.. of one batch. Returns (next index, status); a status other than ST_DONE
     asks the caller to grow the named array and call again from that index.
@@ -289,30 +290,73 @@ def process(  # type: ignore[no-untyped-def]
             fs[f, F_FIRST_CLS + d] = cls
         if fs[f, F_SEEN_CLS + d] < 0:
             fs[f, F_SEEN_CLS + d] = cls
-        # Calls here pass arrays, and numba counts references to each array passed on every call (two atomic
-        # operations each): the per-packet path of UDP media calls as few functions as it can.
+        # The RTP statistics run once per media unit: a UDP datagram, or each RTP frame RFC 4571 puts in a TCP
+        # segment. They stay inline rather than in a function: numba counts references to every array passed to
+        # a call (two atomic operations each, per packet), which costs the media path a third of its speed.
+        nunits = 0
         if proto == 17 and cls == pk.CLS_RTP:
-            # RTP header statistics, inline (the same as _rtp_stats, which RFC 4571 frames use)
-            ssrc = pk.be32(buf, poff + 8)
+            units[0, 0] = poff
+            units[0, 1] = plen
+            units[0, 2] = 1
+            nunits = 1
+            if not native:
+                fs[f, F_DATA_PKTS + d] += 1
+        else:
+            if native:
+                if proto == 6 or cls in (pk.CLS_SIP_REQ, pk.CLS_SIP_RESP, pk.CLS_STUN, pk.CLS_STUN_OLD, pk.CLS_DTLS):
+                    _native_facts(
+                        buf,
+                        poff,
+                        plen,
+                        proto,
+                        cls,
+                        f,
+                        d,
+                        rel,
+                        ts,
+                        fs,
+                        sg,
+                        arena,
+                        dg,
+                        dgarena,
+                        state,
+                        stream_k,
+                        k_fact,
+                        k_sip,
+                    )
+            else:
+                _wireshark_facts(
+                    buf, poff, plen, proto, cls, f, d, i, fs, fact_mask, fact_flow, fact_dir, k_fact, k_sip
+                )
+            if proto == 17:
+                if cls == pk.CLS_RTCP:
+                    _rtcp_stats(buf, poff, plen, f, fs)
+            elif fs[f, F_FRAME_NEXT + d] != FRAME_OFF:
+                nunits = _rfc4571(buf, poff, plen, rel, f, d, fs, units)
+        for u in range(nunits):
+            uo = units[u, 0]
+            ul = units[u, 1]
+            whole = units[u, 2] == 1
+            ssrc = pk.be32(buf, uo + 8)
             if fs[f, F_RTP_SSRC + d] < 0:
                 fs[f, F_RTP_SSRC + d] = ssrc
             if fs[f, F_RTP_SSRC + d] == ssrc:
                 fs[f, F_SSRC_SAME] += 1
-            rseq = pk.be16(buf, poff + 2)
+            rseq = pk.be16(buf, uo + 2)
             last = fs[f, F_SEQ_LAST + d]
             if last < 0 or rseq == ((last + 1) & 0xFFFF):
                 fs[f, F_SEQ_OK] += 1
             fs[f, F_SEQ_LAST + d] = rseq
-            pt = buf[poff + 1] & 0x7F
+            pt = buf[uo + 1] & 0x7F
             if pt < 64:
                 fu[f, U_PT_LO] |= np.uint64(1) << np.uint64(pt)
             else:
                 fu[f, U_PT_HI] |= np.uint64(1) << np.uint64(pt - 64)
-            hl = rtp.rtp_header_len(buf, poff, plen)
-            rtp.observe_payload(buf, poff, plen, hl, pt, d, pstats, f)
+            hl = rtp.rtp_header_len(buf, uo, ul)
+            rtp.observe_payload(buf, uo, ul, hl, pt, d, pstats, f)
             unit = frame_unit[pt]
-            if hl > 0 and unit > 0:
-                body = plen - hl
+            if hl > 0 and unit > 0 and whole:
+                body = ul - hl
                 if body > 0:
                     plain_ok = body % unit == 0
                     tag_ok = (body > 10 and (body - 10) % unit == 0) or (body > 4 and (body - 4) % unit == 0)
@@ -324,38 +368,6 @@ def process(  # type: ignore[no-untyped-def]
                             fs[f, F_LEN_TAG] += 1
                 if (pt == 0 or pt == 8) and fs[f, F_NIB_PKTS] < 64:
                     fs[f, F_NIB_PKTS] += 1
-                    for j in range(poff + hl, poff + plen):
+                    for j in range(uo + hl, uo + ul):
                         nib[f, buf[j] >> 4] += 1
-            if not native:
-                fs[f, F_DATA_PKTS + d] += 1
-            continue
-        if native:
-            if proto == 6 or cls in (pk.CLS_SIP_REQ, pk.CLS_SIP_RESP, pk.CLS_STUN, pk.CLS_STUN_OLD, pk.CLS_DTLS):
-                _native_facts(
-                    buf,
-                    poff,
-                    plen,
-                    proto,
-                    cls,
-                    f,
-                    d,
-                    rel,
-                    ts,
-                    fs,
-                    sg,
-                    arena,
-                    dg,
-                    dgarena,
-                    state,
-                    stream_k,
-                    k_fact,
-                    k_sip,
-                )
-        else:
-            _wireshark_facts(buf, poff, plen, proto, cls, f, d, i, fs, fact_mask, fact_flow, fact_dir, k_fact, k_sip)
-        if proto == 17:
-            if cls == pk.CLS_RTCP:
-                _rtcp_stats(buf, poff, plen, f, fs)
-        elif fs[f, F_FRAME_NEXT + d] != FRAME_OFF:
-            _rfc4571(buf, poff, plen, rel, f, d, fs, fu, nib, pstats, frame_unit)
     return n, ST_DONE

@@ -4,7 +4,6 @@ for the native parsers, fact packets for Wireshark."""
 from __future__ import annotations
 
 import numba as nb
-import numpy as np
 
 import sensor.fastpath.jit  # noqa: F401  (numba cache location; before any @njit)
 from sensor.fastpath import packets as pk
@@ -27,21 +26,13 @@ from sensor.fastpath.columns import (
     F_FRAMES,
     F_HAS_SEGS,
     F_ISN,
-    F_LEN_PLAIN,
-    F_LEN_TAG,
-    F_LEN_TESTED,
     F_LIMIT,
-    F_NIB_PKTS,
     F_RTCP_PLAIN,
     F_RTCP_SRTCP,
-    F_RTP_SSRC,
     F_SEEN_CLS,
     F_SEG_TS,
     F_SEQ0,
-    F_SEQ_LAST,
-    F_SEQ_OK,
     F_SIP_FACTS,
-    F_SSRC_SAME,
     F_STORED,
     F_STREAM_DONE,
     FRAME_OFF,
@@ -51,47 +42,7 @@ from sensor.fastpath.columns import (
     S_NDG,
     S_NSEG,
     SHORT_PREFIX,
-    U_PT_HI,
-    U_PT_LO,
 )
-
-
-@nb.njit(cache=True, nogil=True)
-def _rtp_stats(buf, poff, plen, f, d, fs, fu, nib, pstats, frame_unit, whole=True):  # type: ignore[no-untyped-def]
-    """Header and payload statistics of one RTP packet (UDP datagram or RFC 4571 frame). A frame cut by the
-    segment's end (whole=False) gives its header and first payload bytes, not its length."""
-    ssrc = pk.be32(buf, poff + 8)
-    if fs[f, F_RTP_SSRC + d] < 0:
-        fs[f, F_RTP_SSRC + d] = ssrc
-    if fs[f, F_RTP_SSRC + d] == ssrc:
-        fs[f, F_SSRC_SAME] += 1
-    seq = pk.be16(buf, poff + 2)
-    if (fs[f, F_SEQ_LAST + d] >= 0 and seq == ((fs[f, F_SEQ_LAST + d] + 1) & 0xFFFF)) or fs[f, F_SEQ_LAST + d] < 0:
-        fs[f, F_SEQ_OK] += 1
-    fs[f, F_SEQ_LAST + d] = seq
-    pt = buf[poff + 1] & 0x7F
-    if pt < 64:
-        fu[f, U_PT_LO] |= np.uint64(1) << np.uint64(pt)
-    else:
-        fu[f, U_PT_HI] |= np.uint64(1) << np.uint64(pt - 64)
-    hl = rtp.rtp_header_len(buf, poff, plen)
-    rtp.observe_payload(buf, poff, plen, hl, pt, d, pstats, f)
-    unit = frame_unit[pt]
-    if hl > 0 and unit > 0 and whole:
-        body = plen - hl
-        if body > 0:
-            plain_ok = body % unit == 0
-            tag_ok = (body > 10 and (body - 10) % unit == 0) or (body > 4 and (body - 4) % unit == 0)
-            if plain_ok != tag_ok:
-                fs[f, F_LEN_TESTED] += 1
-                if plain_ok:
-                    fs[f, F_LEN_PLAIN] += 1
-                else:
-                    fs[f, F_LEN_TAG] += 1
-        if (pt == 0 or pt == 8) and fs[f, F_NIB_PKTS] < 64:
-            fs[f, F_NIB_PKTS] += 1
-            for j in range(poff + hl, poff + plen):
-                nib[f, buf[j] >> 4] += 1
 
 
 @nb.njit(cache=True, nogil=True)
@@ -113,21 +64,24 @@ def _rtp_frame_start(buf, p, n):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True)
-def _rfc4571(buf, poff, plen, rel, f, d, fs, fu, nib, pstats, frame_unit):  # type: ignore[no-untyped-def]
+def _rfc4571(buf, poff, plen, rel, f, d, fs, units):  # type: ignore[no-untyped-def]
     """RTP and RTCP framed on TCP (RFC 4571: each packet behind a 16-bit length; [MS-ICE2] TCP candidates).
-    Frames are followed in stream order from the direction's first payload; a gap ends the framing."""
+    Frames are followed in stream order from the direction's first payload; a gap ends the framing. RTCP frames
+    are judged here; the RTP frames go to `units` (offset, bytes in this segment, whole frame) for the kernel's
+    RTP statistics, and their count is returned."""
     nxt = fs[f, F_FRAME_NEXT + d]
     if nxt == FRAME_UNKNOWN:
         # decide on the direction's first payload segment: it must start with a frame header
         if not _rtp_frame_start(buf, poff, plen):
             fs[f, F_FRAME_NEXT + d] = FRAME_OFF
-            return
+            return 0
         nxt = rel
     if rel + plen <= nxt:
-        return  # a retransmission of framed bytes already followed
+        return 0  # a retransmission of framed bytes already followed
     if rel > nxt:
         fs[f, F_FRAME_NEXT + d] = FRAME_OFF  # a gap: the framing cannot be followed any further
-        return
+        return 0
+    n = 0
     pos = nxt - rel
     while pos + 2 <= plen:
         ln = pk.be16(buf, poff + pos)
@@ -137,19 +91,23 @@ def _rfc4571(buf, poff, plen, rel, f, d, fs, fu, nib, pstats, frame_unit):  # ty
             b0 = buf[fo]
             if (b0 & 0xC0) != 0x80:
                 fs[f, F_FRAME_NEXT + d] = FRAME_OFF
-                return
+                return n
             b1 = buf[fo + 1]
             if 192 <= b1 <= 223:
                 if avail >= ln:
                     fs[f, F_CLS + pk.CLS_RTCP] += 1
                     _rtcp_stats(buf, fo, ln, f, fs)
-            elif ln >= 12 and avail >= 16:
+            elif ln >= 12 and avail >= 16 and n < units.shape[0]:
                 fs[f, F_CLS + pk.CLS_RTP] += 1
                 whole = avail >= ln
-                _rtp_stats(buf, fo, ln if whole else avail, f, d, fs, fu, nib, pstats, frame_unit, whole)
+                units[n, 0] = fo
+                units[n, 1] = ln if whole else avail
+                units[n, 2] = 1 if whole else 0
+                n += 1
             fs[f, F_FRAMES] += 1
         pos += 2 + ln
     fs[f, F_FRAME_NEXT + d] = rel + pos
+    return n
 
 
 @nb.njit(cache=True, nogil=True)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from sensor.config import Config
 from sensor.facts.dissect import DissectedPacket, DissectorProcess
@@ -25,6 +26,9 @@ from sensor.fastpath import flows as fl
 from sensor.sources.pcap import Batch
 
 log = logging.getLogger(__name__)
+
+# records(): RecordBuilder.build, passed in so that the packet path does not depend on the record layer above it
+BuildRecords = Callable[[fl.FlowTable, dict[int, FlowFacts], int, int | None], pa.Table]
 
 # Parse and release settled stream prefixes once this much is held, and at least every this many batches.
 SETTLE_BYTES = 16 << 20
@@ -61,8 +65,8 @@ class FactSink:
 
 
 class PacketPath:
-    """Flow table + stream layer + fact parsers for one run. feed() batches; facts_for_export() before
-    building records; compact() after exporting (live); close() at the end, abort() on error."""
+    """Flow table + stream layer + fact parsers for one run: feed() batches, records() at each export, compact()
+    after it (live), close() at the end, abort() on error."""
 
     def __init__(self, cfg: Config, server_tcp: npt.NDArray[np.uint8], server_udp: npt.NDArray[np.uint8]) -> None:
         s = cfg.sensor
@@ -152,6 +156,14 @@ class PacketPath:
             self.retransmitted_differing += c.differing + s.differing
 
     # ---- taking facts out --------------------------------------------------------------------------------
+    def records(self, build: BuildRecords, start: int = 0, end: int | None = None) -> pa.Table:
+        """The flow records table[start:end] with the facts complete as far as the bytes go: every pending stream
+        prefix is parsed first (so a flow's facts are on its first interval record), then `build` (the record
+        builder's) turns flows and facts into the table."""
+        self.facts_for_export(self._last_ts)
+        with self.lock:
+            return build(self.table, self.facts, start, end)
+
     def facts_for_export(self, now_ns: int) -> None:
         """Make every flow's facts as complete as the bytes so far allow (live mode, before an export): parse
         every pending stream prefix; settled ones are released."""
@@ -162,7 +174,7 @@ class PacketPath:
         if pending.size:
             self._parse(pending)
 
-    def finish(self) -> None:
+    def close(self) -> None:
         """End of input: close every open interval, parse every stream prefix, wait for Wireshark."""
         self.table.finish()
         if self.native:
