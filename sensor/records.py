@@ -64,10 +64,8 @@ class RecordBuilder:
             endpoints.get((oh, op + step, rh, rp + step, "udp")),
             endpoints.get((rh, rp + step, oh, op + step, "udp")),
         }
-        if not is_rtcp:
-            rb = calls.binding(((oh, op), (rh, rp)), starts[i], rtcp=False)
-            if rb is not None:
-                mates.update(j for j in by_endpoint.get((rb.rtcp_address, rb.rtcp_port), []) if kinds.get(j) == "rtcp")
+        if not is_rtcp and b is not None:  # the RTP flow's own binding names its RTCP endpoint (a=rtcp, else +1)
+            mates.update(j for j in by_endpoint.get((b.rtcp_address, b.rtcp_port), []) if kinds.get(j) == "rtcp")
         mates.discard(None)
         mates.discard(i)
         for mate in sorted(m for m in mates if m is not None):

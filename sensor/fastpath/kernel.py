@@ -27,15 +27,16 @@ from sensor.fastpath.columns import (
     F_LEN_PLAIN,
     F_LEN_TAG,
     F_LEN_TESTED,
+    F_LIMIT,
     F_NIB_PKTS,
     F_PK,
     F_PORT_O,
     F_RTP_SSRC,
-    F_SEEN_CLS,
     F_SEQ0,
     F_SEQ_LAST,
     F_SEQ_OK,
     F_SSRC_SAME,
+    F_STREAM_DONE,
     F_TOT_BY,
     F_TOT_PK,
     FL_FIN,
@@ -288,8 +289,6 @@ def process(  # type: ignore[no-untyped-def]
             # the SYN (and so offset 0) was not seen
             fs[f, F_FIRST_BYTE + d] = buf[poff]
             fs[f, F_FIRST_CLS + d] = cls
-        if fs[f, F_SEEN_CLS + d] < 0:
-            fs[f, F_SEEN_CLS + d] = cls
         # The RTP statistics run once per media unit: a UDP datagram, or each RTP frame RFC 4571 puts in a TCP
         # segment. They stay inline rather than in a function: numba counts references to every array passed to
         # a call (two atomic operations each, per packet), which costs the media path a third of its speed.
@@ -303,7 +302,12 @@ def process(  # type: ignore[no-untyped-def]
                 fs[f, F_DATA_PKTS + d] += 1
         else:
             if native:
-                if proto == 6 or cls in (pk.CLS_SIP_REQ, pk.CLS_SIP_RESP, pk.CLS_STUN, pk.CLS_STUN_OLD, pk.CLS_DTLS):
+                # a TCP segment is kept while its direction's prefix is (the same bounds _native_facts checks) or
+                # when it starts a SIP/HTTP message; past that (bulk application data) no call is made at all
+                in_prefix = fs[f, F_STREAM_DONE] == 0 and -stream_k <= rel < fs[f, F_LIMIT + d]
+                message = cls == pk.CLS_SIP_REQ or cls == pk.CLS_SIP_RESP or cls == pk.CLS_HTTP_REQ
+                datagram = message or cls == pk.CLS_STUN or cls == pk.CLS_STUN_OLD or cls == pk.CLS_DTLS
+                if (proto == 6 and (in_prefix or message)) or (proto == 17 and datagram):
                     _native_facts(
                         buf,
                         poff,

@@ -189,6 +189,8 @@ def _native_facts(  # type: ignore[no-untyped-def]
 def _wireshark_facts(buf, poff, plen, proto, cls, f, d, i, fs, fact_mask, fact_flow, fact_dir, k_fact, k_sip):  # type: ignore[no-untyped-def]
     """Mark the packets Wireshark's dissectors need (the `--dissector wireshark` second opinion): the opening
     payload packets of flows that start with a handshake or a request, and SIP/HTTP messages up to a cap."""
+    if fs[f, F_SEEN_CLS + d] < 0:
+        fs[f, F_SEEN_CLS + d] = cls
     first = fs[f, F_SEEN_CLS]
     if first < 0:
         first = fs[f, F_SEEN_CLS + 1]
