@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -91,6 +92,10 @@ class LiveSensor:
         self.spool.mkdir(parents=True, exist_ok=True)
         self.lake.mkdir(parents=True, exist_ok=True)
         path = self.builder.packet_path()
+        # load the compiled code before the capture starts: loading it on the first ring file took the CPU while
+        # the capture was starting, and a loaded 2-core box missed packets then
+        if path.native:
+            warm_up(self.builder.packet_path(), self.spool)
         table = path.table
         capture = self._start_capture() if self.use_capture else None
         spool = Spool(self.spool)
@@ -309,3 +314,19 @@ class LiveSensor:
             write_status(self.cfg, st)
         except OSError as exc:
             log.debug("status file: %s", exc)
+
+
+def warm_up(scratch: PacketPath, spool: Path) -> None:
+    """Run one packet through the reader and a throw-away packet path, so that the compiled kernels are loaded
+    from numba's cache before the capture starts."""
+    probe = spool / ".warm-up.pcap"
+    frame = bytes.fromhex("4500001c00000000401100007f0000017f000001") + bytes.fromhex("0035003500080000")
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101)
+    record = struct.pack("<IIII", 1, 0, len(frame), len(frame)) + frame
+    probe.write_bytes(header + record)
+    try:
+        for batch in CaptureReader(probe):
+            scratch.feed(batch)
+    finally:
+        scratch.abort()
+        probe.unlink(missing_ok=True)

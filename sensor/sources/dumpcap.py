@@ -59,6 +59,7 @@ class DumpcapCapture:
         self.restarts = 0
         self.drops = 0
         self._stopping = threading.Event()
+        self._capturing = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="dumpcap", daemon=True)
 
     def start(self) -> None:
@@ -68,15 +69,26 @@ class DumpcapCapture:
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """dumpcap is capturing: alive, and it said "Capturing on" (its interface is open, so nothing sent from
+        now on is missed; a replay started on the process alone lost its first tens of milliseconds)."""
+        return self.proc is not None and self.proc.poll() is None and self._capturing.is_set()
 
     def _supervise(self) -> None:
         backoff = 1.0
         while not self._stopping.is_set():
             started = time.monotonic()
+            self._capturing.clear()
             self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            self.metrics.capture_running.set(1)
-            _, err = self.proc.communicate()
+            lines: list[str] = []
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                lines.append(line)
+                if line.startswith("Capturing on") and not self._capturing.is_set():
+                    self._capturing.set()
+                    self.metrics.capture_running.set(1)
+            self.proc.wait()
+            err = "".join(lines)
+            self._capturing.clear()
             self.metrics.capture_running.set(0)
             for m in _DROPS.finditer(err or ""):
                 dropped = int(m.group(2))
