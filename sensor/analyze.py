@@ -152,7 +152,7 @@ CLOSE_GRACE_NS = 5 * 1_000_000_000
 
 
 # ---- one offline run end to end: captures -> flow records in the lake -> rules -> findings, with metrics ----
-QUICK_DIGEST_BYTES = 256 << 20  # captures up to this size are digested before the analysis starts
+QUICK_DIGEST_BYTES = 16 << 20  # captures up to this size are digested before the analysis starts (larger: beside it)
 
 
 @dataclass

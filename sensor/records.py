@@ -173,6 +173,8 @@ class RecordBuilder:
         """The SDP of every plaintext SIP flow seen so far, in this build and earlier ones: a SIP flow exported
         and dropped from memory (live, or a long offline run) still describes the media of its calls."""
         for i, ff in facts.items():
+            if not ff.has_sip:
+                continue
             msgs = ff.sip.stream_messages + ff.sip.other_messages
             legacy = [m for m in ff.sip.media if m.call_id is None]
             if (msgs or legacy) and i < len(uids):
@@ -216,7 +218,7 @@ class RecordBuilder:
             tls_fast = int(cls[pk.CLS_TLS_HS] + cls[pk.CLS_TLS_REC] + cls[pk.CLS_SSL2])
             if ff is not None:
                 _copy_facts(out, i, ff)
-            sip_msgs = max(sip_fast, ff.sip.messages if ff else 0)
+            sip_msgs = max(sip_fast, ff.sip.messages if ff is not None and ff.has_sip else 0)
             out["sip_plain"][i] = sip_msgs > 0
             out["sip_messages"][i] = sip_msgs
             if http_fast and not out["http_requests"][i]:
@@ -225,7 +227,7 @@ class RecordBuilder:
                 out["stun_messages"][i] = max(stun_fast, int(out["stun_messages"][i] or 0))  # type: ignore[call-overload]
                 if out["ms_turn"][i] is None:
                     out["ms_turn"][i] = False
-            if ff is not None and ff.tls.pseudo:
+            if ff is not None and ff.pseudo_tls:
                 out["ms_turn"][i] = True  # MS-TURN behind pseudo-TLS ([MS-TURN], R14)
                 out["stun_messages"][i] = stun_fast
             kind = kinds.get(i)
@@ -290,16 +292,9 @@ def _media_flows(
 
 def _copy_facts(out: dict[str, list[object]], i: int, ff: FlowFacts) -> None:
     """Copy the columns of each protocol the parsers saw in flow i into row i of out."""
-    seen = (
-        (ff.tls, ff.tls.seen),
-        (ff.sip, ff.sip.messages or ff.sip.media),
-        (ff.http, ff.http.requests),
-        (ff.stun, ff.stun.messages),
-    )
-    for facts, present in seen:
-        if present:
-            for k, v in facts.columns().items():
-                out[k][i] = v
+    for facts in ff.present():
+        for k, v in facts.columns().items():
+            out[k][i] = v
 
 
 def _app(
@@ -315,11 +310,11 @@ def _app(
         return "srtp" if out["media_encrypted"][i] is True else "rtp"
     if kind == "rtcp":
         return "srtcp" if out["media_encrypted"][i] is True else "rtcp"
-    if ff is not None and ff.tls.pseudo:
+    if ff is not None and ff.pseudo_tls:
         return "ms-turn"
-    if ff is not None and ff.tls.sslv2_server_hello:
+    if ff is not None and ff.sslv2_server_hello:
         return "sslv2"
-    if (ff is not None and ff.tls.seen) or (proto == "tcp" and tls_fast):
+    if (ff is not None and ff.has_tls) or (proto == "tcp" and tls_fast):
         return "tls"
     if sip_msgs:
         return "sip"

@@ -4,7 +4,6 @@ from the native parsers over reassembled TCP bytes and UDP datagrams."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from sensor.facts import dtls, http, sip, stun, tls
 from sensor.facts.dissect import DissectedPacket
@@ -14,15 +13,80 @@ from sensor.facts.stun import StunFacts
 from sensor.facts.tls_facts import TlsFacts
 
 
-@dataclass
 class FlowFacts:
-    """Everything the dissectors (Wireshark's, or the native parsers) told us about one flow."""
+    """Everything the dissectors (Wireshark's, or the native parsers) told us about one flow.
 
-    tls: TlsFacts = field(default_factory=TlsFacts)
-    sip: SipFacts = field(default_factory=SipFacts)
-    http: HttpFacts = field(default_factory=HttpFacts)
-    stun: StunFacts = field(default_factory=StunFacts)
-    dtls_srtp: bool = False
+    Most flows carry one protocol, so each protocol's facts are made when first written (a TLS flow never
+    builds SIP, HTTP and STUN records); `has_*` reads without making them."""
+
+    __slots__ = ("_http", "_sip", "_stun", "_tls", "dtls_srtp", "redact_query")
+
+    def __init__(self, *, redact_query: bool = True) -> None:
+        self._tls: TlsFacts | None = None
+        self._sip: SipFacts | None = None
+        self._http: HttpFacts | None = None
+        self._stun: StunFacts | None = None
+        self.dtls_srtp = False
+        self.redact_query = redact_query
+
+    @property
+    def tls(self) -> TlsFacts:
+        if self._tls is None:
+            self._tls = TlsFacts()
+        return self._tls
+
+    @tls.setter
+    def tls(self, value: TlsFacts) -> None:
+        self._tls = value
+
+    @property
+    def sip(self) -> SipFacts:
+        if self._sip is None:
+            self._sip = SipFacts()
+        return self._sip
+
+    @property
+    def http(self) -> HttpFacts:
+        if self._http is None:
+            self._http = HttpFacts(redact_query=self.redact_query)
+        return self._http
+
+    @property
+    def stun(self) -> StunFacts:
+        if self._stun is None:
+            self._stun = StunFacts()
+        return self._stun
+
+    @property
+    def has_tls(self) -> bool:
+        """TLS facts were written (and show a handshake)."""
+        return self._tls is not None and self._tls.seen
+
+    @property
+    def has_sip(self) -> bool:
+        return self._sip is not None
+
+    @property
+    def pseudo_tls(self) -> bool:
+        """MS-TURN pseudo-TLS (see TlsFacts.pseudo)."""
+        return self._tls is not None and self._tls.pseudo
+
+    @property
+    def sslv2_server_hello(self) -> bool:
+        return self._tls is not None and self._tls.sslv2_server_hello
+
+    def present(self) -> list[TlsFacts | SipFacts | HttpFacts | StunFacts]:
+        """The protocol facts that hold something, for the record columns."""
+        out: list[TlsFacts | SipFacts | HttpFacts | StunFacts] = []
+        if self.has_tls:
+            out.append(self.tls)
+        if self._sip is not None and (self._sip.messages or self._sip.media):
+            out.append(self._sip)
+        if self._http is not None and self._http.requests:
+            out.append(self._http)
+        if self._stun is not None and self._stun.messages:
+            out.append(self._stun)
+        return out
 
     # ---- Wireshark path (--dissector wireshark) --------------------------------------------------
     def observe(self, p: DissectedPacket, direction: int) -> None:
@@ -71,7 +135,7 @@ class FlowFacts:
             )
             return
         if http.starts_request(client) or http.starts_response(server):
-            rq = self.http.redact_query
+            rq = self.redact_query
             self.http.set_stream(http.parse_requests(client, redact_query=rq), http.parse_statuses(server))
             return
         if stun.starts_stun_stream(client) or stun.starts_stun_stream(server):
@@ -111,7 +175,7 @@ class FlowFacts:
             for msg in msgs:
                 self.sip.add_message(msg)
         elif direction == 0 and http.starts_request(payload):
-            req = http.parse_request(payload, redact_query=self.http.redact_query)
+            req = http.parse_request(payload, redact_query=self.redact_query)
             if req is not None:
                 self.http.add_request(req)
 

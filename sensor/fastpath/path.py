@@ -20,7 +20,6 @@ from sensor.config import Config
 from sensor.facts.dissect import DissectedPacket, DissectorProcess
 from sensor.facts.factcap import FactCapture
 from sensor.facts.flowfacts import FlowFacts
-from sensor.facts.http import HttpFacts
 from sensor.fastpath import columns as col
 from sensor.fastpath import flows as fl
 from sensor.sources.pcap import Batch
@@ -101,7 +100,7 @@ class PacketPath:
             self.worker = DissectorProcess(self.factcap.read_fd, self.sink)
 
     def _new_facts(self) -> FlowFacts:
-        return FlowFacts(http=HttpFacts(redact_query=self.redact_query))
+        return FlowFacts(redact_query=self.redact_query)
 
     def _get(self, f: int) -> FlowFacts:
         ff = self.facts.get(f)

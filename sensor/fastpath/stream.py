@@ -323,7 +323,7 @@ def compact_segments(sg, arena, keep_rows, nseg_out):  # type: ignore[no-untyped
     return cur
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StreamPrefix:
     """One direction of a TCP stream as reassembled: the contiguous bytes from the first offset kept."""
 
