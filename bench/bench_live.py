@@ -55,6 +55,26 @@ def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
+def link_counters(ns: str, ifname: str) -> dict[str, int]:
+    """The kernel's counters of one interface in a namespace (rx_packets, rx_dropped, tx_packets, tx_dropped)."""
+    names = ("rx_packets", "rx_dropped", "tx_packets", "tx_dropped")
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "cat", *(f"/sys/class/net/{ifname}/statistics/{n}" for n in names)],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return dict(zip(names, (int(v) for v in out), strict=False))
+
+
+def softnet_dropped() -> int:
+    """Packets the kernel dropped because a CPU's input backlog (net.core.netdev_max_backlog) was full."""
+    try:
+        rows = Path("/proc/net/softnet_stat").read_text().splitlines()
+    except OSError:
+        return -1
+    return sum(int(row.split()[1], 16) for row in rows if row.strip())  # per CPU: processed, dropped, ...
+
+
 def tree_stats(pid: int) -> tuple[float, int]:
     """CPU seconds and RSS (KiB) of a process and its descendants (sensor, dissector worker, dumpcap)."""
     out = subprocess.run(["ps", "-o", "pid=,ppid=,rss=,times=", "-e"], capture_output=True, text=True).stdout
@@ -138,6 +158,8 @@ class RateResult:
     rss_q4_mib: float  # median of its last quarter
     rss_peak_mib: float
     rss_growth_pct: float
+    delivered: int  # packets the sensor's veth received (kernel counter): what the capture could see
+    kernel_dropped: int  # dropped before any capture: veth rx/tx drops and full input backlogs (softnet_stat)
     status_lag_s: float | None
     lake_lag_s: float | None
     samples: list[Sample]
@@ -252,6 +274,7 @@ def run_rate(
     while time.monotonic() < end and not (status.exists() and json.loads(status.read_text())["capture_running"]):
         time.sleep(0.5)
     base = status_packets()  # anything the interface saw before the replay (IPv6 neighbour discovery)
+    rx0, tx0, soft0 = link_counters(ns[0], ifs[0]), link_counters(ns[1], ifs[1]), softnet_dropped()
     cpu0, _ = tree_stats(sensor.pid)
     t0 = time.monotonic()
     replay = Replay(
@@ -287,6 +310,7 @@ def run_rate(
             break
         time.sleep(SAMPLE_S)
     cpu1, _ = tree_stats(sensor.pid)
+    rx1, tx1, soft1 = link_counters(ns[0], ifs[0]), link_counters(ns[1], ifs[1]), softnet_dropped()
     elapsed = time.monotonic() - t0
     sensor.send_signal(signal.SIGTERM)
     sensor.wait(timeout=300)
@@ -307,6 +331,10 @@ def run_rate(
         rss_q4_mib=q4,
         rss_peak_mib=max(s.rss_mib for s in samples),
         rss_growth_pct=(q4 - q2) / q2 * 100,
+        delivered=rx1.get("rx_packets", 0) - rx0.get("rx_packets", 0),
+        kernel_dropped=(rx1.get("rx_dropped", 0) - rx0.get("rx_dropped", 0))
+        + (tx1.get("tx_dropped", 0) - tx0.get("tx_dropped", 0))
+        + max(0, soft1 - soft0),
         status_lag_s=status_lag,
         lake_lag_s=lake_lag,
         samples=samples,

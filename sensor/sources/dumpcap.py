@@ -6,6 +6,7 @@ capture order, says which ones dumpcap has finished, and counts the ones overwri
 
 from __future__ import annotations
 
+import collections
 import re
 import shutil
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 from sensor.errors import SourceError
 from sensor.metrics import SensorMetrics
 
+STDERR_LINES = 64
 _RING = re.compile(r"^live_(\d+)_(\d{14})\.pcapng$")
 _DROPS = re.compile(r"Packets received/dropped on interface '.*': (\d+)/(\d+)")
 
@@ -69,8 +71,9 @@ class DumpcapCapture:
 
     @property
     def running(self) -> bool:
-        """dumpcap is capturing: alive, and it said "Capturing on" (its interface is open, so nothing sent from
-        now on is missed; a replay started on the process alone lost its first tens of milliseconds)."""
+        """dumpcap is capturing: alive, and it named its first ring file ("File: ..."), which it does once the
+        interface is open and its filter set, so nothing sent from now on is missed. (Its "Capturing on" line
+        comes before it opens the interface: a replay started then lost its first ~30 ms uncounted.)"""
         return self.proc is not None and self.proc.poll() is None and self._capturing.is_set()
 
     def _supervise(self) -> None:
@@ -79,11 +82,15 @@ class DumpcapCapture:
             started = time.monotonic()
             self._capturing.clear()
             self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            lines: list[str] = []
+            # the last lines only: dumpcap names every ring file it opens (43,200 lines a day at 2 s per file),
+            # and its exit message (drop counts, or the error) comes last
+            lines: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
             assert self.proc.stderr is not None
             for line in self.proc.stderr:
                 lines.append(line)
-                if line.startswith("Capturing on") and not self._capturing.is_set():
+                # "Capturing on" comes before the interface is opened; "File:" after it is open, its filter set
+                # and the first ring file created: a replay started at "Capturing on" lost its first ~30 ms
+                if line.startswith("File: ") and not self._capturing.is_set():
                     self._capturing.set()
                     self.metrics.capture_running.set(1)
             self.proc.wait()
