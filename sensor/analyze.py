@@ -147,7 +147,7 @@ class Analyzer:
 # An offline run (native facts) holding more flows than this ends and exports the flows it has finished with (see
 # Analyzer._export_ended); below it everything stays in memory to the end. Closed TCP flows are ended
 # CLOSE_GRACE_NS after their last packet (packet time).
-CHUNK_FLOWS = 20_000
+CHUNK_FLOWS = 5_000
 CLOSE_GRACE_NS = 5 * 1_000_000_000
 
 

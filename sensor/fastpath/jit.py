@@ -18,6 +18,7 @@ KERNEL_MODULES = (
     "fastpath/packets.py",
     "fastpath/rtp.py",
     "fastpath/stream.py",
+    "fastpath/tls_scan.py",
     "fastpath/table_kernels.py",
     "fastpath/packet_facts.py",
     "fastpath/kernel.py",

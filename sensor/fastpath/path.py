@@ -22,6 +22,7 @@ from sensor.facts.factcap import FactCapture
 from sensor.facts.flowfacts import FlowFacts
 from sensor.fastpath import columns as col
 from sensor.fastpath import flows as fl
+from sensor.fastpath import tls_scan
 from sensor.sources.pcap import Batch
 
 log = logging.getLogger(__name__)
@@ -139,20 +140,49 @@ class PacketPath:
             self.table.release_streams(done)
 
     def _parse(self, flows: npt.NDArray[np.int64]) -> None:
-        for f, (c, s) in self.table.assemble(flows).items():
-            self._get(f).observe_streams(
-                c.data,
-                s.data,
-                client_from_start=c.from_start,
-                server_from_start=s.from_start,
-                client_complete=c.complete,
-                server_complete=s.complete,
-                ts_ns=int(self.table.fs[f, col.F_FIRST_TS]),
-                client_times=c.times,
-                server_times=s.times,
-            )
+        """Parse the given flows' stream prefixes: TLS in the compiled scanner (sensor.fastpath.tls_scan), what it
+        hands back and every other protocol by the parsers of sensor.facts."""
+        asm = self.table.assemble_raw(flows)
+        if asm is None:
+            return
+        ng = asm.meta.shape[0]
+        scanned = np.empty((ng, tls_scan.NT), np.int64)
+        types = np.empty((ng, tls_scan.MAX_TYPES), np.int64)
+        tls_scan.scan_groups(asm.out, asm.meta, asm.gdir, scanned, types)
+        rows = scanned.tolist()
+        differing = asm.meta[:, 3].tolist()
+        first_ts = self.table.fs[:, col.F_FIRST_TS]
+        handled, fallback = tls_scan.HANDLED, tls_scan.FALLBACK
+        for f, (c, s) in asm.groups().items():
             self.fact_units += 2
-            self.retransmitted_differing += c.differing + s.differing
+            self.retransmitted_differing += (differing[c] if c >= 0 else 0) + (differing[s] if s >= 0 else 0)
+            crow = rows[c] if c >= 0 else None
+            srow = rows[s] if s >= 0 else None
+            cst = crow[tls_scan.T_STATUS] if crow is not None else tls_scan.NOT_TLS
+            sst = srow[tls_scan.T_STATUS] if srow is not None else tls_scan.NOT_TLS
+            if (cst == handled or sst == handled) and cst != fallback and sst != fallback:
+                facts = tls_scan.facts_from(
+                    asm.data,
+                    crow,
+                    types[c, : crow[tls_scan.T_NTYPES]].tolist() if crow is not None else [],
+                    srow,
+                    types[s, : srow[tls_scan.T_NTYPES]].tolist() if srow is not None else [],
+                )
+                if not facts.pseudo:  # MS-TURN after pseudo-TLS is read by the STUN parser below
+                    self._get(f).tls = facts
+                    continue
+            cp, sp = asm.prefix(c), asm.prefix(s)
+            self._get(f).observe_streams(
+                cp.data,
+                sp.data,
+                client_from_start=cp.from_start,
+                server_from_start=sp.from_start,
+                client_complete=cp.complete,
+                server_complete=sp.complete,
+                ts_ns=int(first_ts[f]),
+                client_times=cp.times,
+                server_times=sp.times,
+            )
 
     # ---- taking facts out --------------------------------------------------------------------------------
     def records(self, build: BuildRecords, start: int = 0, end: int | None = None) -> pa.Table:

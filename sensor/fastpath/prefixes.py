@@ -33,6 +33,54 @@ from sensor.fastpath.columns import (
 )
 
 
+class Assembled:
+    """One round of reassembled stream prefixes: `out` holds every group (one flow direction) at
+    meta[g] = (offset, contiguous length from offset 0, extent, differing bytes, bytes beyond a hole, base)."""
+
+    def __init__(
+        self,
+        out: npt.NDArray[np.uint8],
+        meta: npt.NDArray[np.int64],
+        gflow: npt.NDArray[np.int64],
+        gdir: npt.NDArray[np.int64],
+        isn: npt.NDArray[np.int64],
+        capped: npt.NDArray[np.int64],
+        order: npt.NDArray[np.int64],
+        starts: npt.NDArray[np.int64],
+        sg: npt.NDArray[np.int64],
+        stream_k: int,
+    ) -> None:
+        self.out, self.meta, self.gflow, self.gdir = out, meta, gflow, gdir
+        self.isn, self.capped, self.order, self.starts, self.sg, self.k = isn, capped, order, starts, sg, stream_k
+        self.data = out.tobytes()
+
+    def groups(self) -> dict[int, list[int]]:
+        """flow -> [originator group, responder group] (-1: no bytes that way)."""
+        out: dict[int, list[int]] = {}
+        for g, (f, d) in enumerate(zip(self.gflow.tolist(), self.gdir.tolist(), strict=True)):
+            pair = out.get(f)
+            if pair is None:
+                pair = out[f] = [-1, -1]
+            pair[d] = g
+        return out
+
+    def prefix(self, g: int) -> stream.StreamPrefix:
+        """Group g as a StreamPrefix (-1: the empty one)."""
+        if g < 0:
+            return stream.StreamPrefix(b"", False, False, 0)
+        off, contig, extent, diff, beyond, base = (int(v) for v in self.meta[g])
+        return stream.StreamPrefix(
+            self.data[off : off + contig],
+            bool(self.isn[g] >= 0),
+            contig == extent and beyond == 0 and not self.capped[g] and extent < self.k,
+            diff,
+            stream.SegmentTimes(self.sg, self.order, int(self.starts[g]), int(self.starts[g + 1]), base),
+        )
+
+    def pairs(self) -> dict[int, tuple[stream.StreamPrefix, stream.StreamPrefix]]:
+        return {f: (self.prefix(c), self.prefix(s)) for f, (c, s) in self.groups().items()}
+
+
 class StreamOutputs:
     """Mixed into FlowTable: what the kernel kept for the native fact parsers, and giving its memory back."""
 
@@ -88,49 +136,32 @@ class StreamOutputs:
         fs = self.fs[:n]
         return np.flatnonzero((fs[:, F_HAS_SEGS] == 1) & (fs[:, F_STREAM_DONE] == 0))
 
-    def assemble(self, flows: npt.NDArray[np.int64]) -> dict[int, tuple[stream.StreamPrefix, stream.StreamPrefix]]:
-        """Reassemble both directions of the given flows' kept segments (flow -> (originator, responder))."""
+    def assemble_raw(self, flows: npt.NDArray[np.int64]) -> Assembled | None:
+        """Reassemble both directions of the given flows' kept segments, as arrays (None: nothing kept)."""
         nseg = int(self.state[S_NSEG])
         if nseg == 0 or flows.size == 0:
-            return {}
+            return None
         sg = self.sg[:nseg]
         want = np.zeros(self.nflows, bool)
         want[flows] = True
         rows = np.flatnonzero(want[sg[:, stream.SG_FLOW]])
         if rows.size == 0:
-            return {}
-        sub_flow = sg[rows, stream.SG_FLOW]
-        sub_dir = sg[rows, stream.SG_DIR]
-        order, starts = stream.group_rows(sub_flow, sub_dir)
+            return None
+        order, starts = stream.group_rows(sg[rows, stream.SG_FLOW], sg[rows, stream.SG_DIR])
         order = rows[order]
         gflow = sg[order[starts[:-1]], stream.SG_FLOW]
         gdir = sg[order[starts[:-1]], stream.SG_DIR]
         isn = self.fs[gflow, F_ISN + gdir].astype(np.int64)
         out, meta = stream.assemble(self.sg, self.arena, order, starts, isn, self.stream_k)
-        result: dict[int, list[stream.StreamPrefix]] = {}
-        empty = stream.StreamPrefix(b"", False, False, 0)
-        capped = self.fs[gflow, F_CAPPED + gdir]
-        sg_all = self.sg  # compaction writes a new table, so this one stays valid for the times
-        bounds = starts.tolist()
-        data = out.tobytes()
-        from_start = (isn >= 0).tolist()
-        capped_l = capped.tolist()
-        k = self.stream_k
-        for g, (f, d, (off, contig, extent, diff, beyond, base)) in enumerate(
-            zip(gflow.tolist(), gdir.tolist(), meta.tolist(), strict=True)
-        ):
-            prefix = stream.StreamPrefix(
-                data[off : off + contig],
-                from_start[g],
-                contig == extent and beyond == 0 and not capped_l[g] and extent < k,
-                diff,
-                stream.SegmentTimes(sg_all, order, bounds[g], bounds[g + 1], base),
-            )
-            pair = result.get(f)
-            if pair is None:
-                pair = result[f] = [empty, empty]
-            pair[d] = prefix
-        return {f: (p[0], p[1]) for f, p in result.items()}
+        # compaction writes a new segment table, so this one stays valid for the segment times
+        return Assembled(
+            out, meta, gflow, gdir, isn, self.fs[gflow, F_CAPPED + gdir], order, starts, self.sg, self.stream_k
+        )
+
+    def assemble(self, flows: npt.NDArray[np.int64]) -> dict[int, tuple[stream.StreamPrefix, stream.StreamPrefix]]:
+        """Reassemble both directions of the given flows' kept segments (flow -> (originator, responder))."""
+        asm = self.assemble_raw(flows)
+        return asm.pairs() if asm is not None else {}
 
     def release_streams(self, flows: npt.NDArray[np.int64]) -> None:
         """Parsed for good: stop keeping these flows' segments and give back their arena bytes."""

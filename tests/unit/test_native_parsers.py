@@ -9,6 +9,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,7 +18,9 @@ from cryptography.x509.oid import NameOID
 
 from sensor.facts import FlowFacts
 from sensor.facts.tls import parse_streams
+from sensor.facts.tls_facts import TlsFacts
 from sensor.facts.x509names import cert_names
+from sensor.fastpath import tls_scan
 
 # ---- certificates and handshakes -----------------------------------------------------------------
 
@@ -398,3 +401,120 @@ def test_tls13_hello_retry_request(pki: Pki) -> None:
     cols = facts(w)
     assert cols["tls_version"] == "TLSv13" and cols["tls_cipher"] == "0x1302"
     assert cols["tls_sni"] == "pool01.contoso.com" and cols["tls_cert_requested"] is None
+
+
+# ---- the compiled TLS scanner (sensor.fastpath.tls_scan) against the Python parser --------------------------
+
+
+def scan(client: bytes, server: bytes) -> TlsFacts | None:
+    """The compiled scanner over one flow's two directions, as the packet path calls it; None where it hands
+    the flow back to the Python parser."""
+    data = client + server
+    meta = np.array([[0, len(client), 0, 0, 0, 0], [len(client), len(server), 0, 0, 0, 0]], np.int64)
+    rows = np.empty((2, tls_scan.NT), np.int64)
+    types = np.empty((2, tls_scan.MAX_TYPES), np.int64)
+    tls_scan.scan_groups(np.frombuffer(data, np.uint8).copy(), meta, np.array([0, 1]), rows, types)
+    c, s = rows.tolist()
+    status = (c[tls_scan.T_STATUS], s[tls_scan.T_STATUS])
+    if tls_scan.FALLBACK in status or tls_scan.HANDLED not in status:
+        return None
+    return tls_scan.facts_from(
+        data, c, types[0, : c[tls_scan.T_NTYPES]].tolist(), s, types[1, : s[tls_scan.T_NTYPES]].tolist()
+    )
+
+
+def cuts(data: bytes) -> list[int]:
+    """Where to cut a direction's bytes: around every record boundary and every 37 bytes, and the ends."""
+    at = {0, len(data)} | set(range(0, len(data), 37))
+    pos = 0
+    while pos + 5 <= len(data):
+        for d in (-1, 0, 1, 4, 5, 6, 9, 40):
+            at.add(min(len(data), max(0, pos + d)))
+        pos += 5 + struct.unpack_from("!H", data, pos + 3)[0]
+    return sorted(at)
+
+
+def assert_scanner_agrees(client: bytes, server: bytes) -> int:
+    """Every cut of either direction: the scanner gives parse_streams' facts exactly, or hands the flow back.
+    Returns how many cuts the scanner took itself."""
+    taken = 0
+    pairs = [(client[:i], server) for i in cuts(client)] + [(client, server[:i]) for i in cuts(server)]
+    for c, s in pairs:
+        got = scan(c, s)
+        if got is not None:
+            assert got == parse_streams(c, s)[0], (len(c), len(s))
+            taken += 1
+    return taken
+
+
+def test_scanner_takes_plain_handshakes_and_gives_the_python_parsers_facts(pki: Pki) -> None:
+    cases = [
+        handshake(client_ctx(pki), server_ctx(pki, version=TLS12)),
+        handshake(client_ctx(pki, cert=True), server_ctx(pki, version=TLS12, verify=ssl.CERT_REQUIRED)),
+        handshake(client_ctx(pki), server_ctx(pki, version=TLS12, verify=ssl.CERT_OPTIONAL)),
+        handshake(client_ctx(pki), server_ctx(pki, version=TLS12, verify=ssl.CERT_REQUIRED)),  # alert 40
+        handshake(client_ctx(pki), server_ctx(pki, version=TLS13)),
+        handshake(client_ctx(pki, cert=True), server_ctx(pki, version=TLS13, verify=ssl.CERT_REQUIRED)),
+    ]
+    sctx, cctx = server_ctx(pki, version=TLS12), client_ctx(pki, max_version=TLS12)
+    first = handshake(cctx, sctx)
+    cases += [first, handshake(cctx, sctx, session=first.session)]  # resumption
+    for w in cases:
+        whole = scan(w.client, w.server)
+        assert whole is not None  # the common case is the compiled one
+        assert whole == parse_streams(w.client, w.server)[0]
+        assert assert_scanner_agrees(w.client, w.server) > 10
+
+
+def test_scanner_hands_back_what_only_the_python_parser_reads(pki: Pki) -> None:
+    w = handshake(client_ctx(pki, cert=True), server_ctx(pki, version=TLS12, verify=ssl.CERT_REQUIRED))
+    # handshake messages spanning records
+    assert scan(refragment(w.client, 50), refragment(w.server, 64)) is None
+    assert_scanner_agrees(refragment(w.client, 50), refragment(w.server, 64))
+    # a HelloRetryRequest
+    sctx = server_ctx(pki, version=TLS13)
+    sctx.set_ecdh_curve("secp384r1")
+    hrr = handshake(client_ctx(pki), sctx)
+    assert scan(hrr.client, hrr.server) is None
+    assert_scanner_agrees(hrr.client, hrr.server)
+    # an SSLv2-format ClientHello, and bytes that are no TLS at all
+    v2 = bytes.fromhex("801c01000300030000001000000500000401008000") + bytes(16)
+    assert scan(v2, b"") is None
+    assert scan(b"OPTIONS sip:a SIP/2.0\r\n", b"SIP/2.0 200 OK\r\n") is None
+
+
+def test_records_are_the_same_with_and_without_the_scanner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every shared capture with TLS, end to end: the flow records the packet path writes with the compiled
+    scanner equal the ones from the Python parser alone (the scanner forced to hand every flow back)."""
+    from tests.conftest import analyse, capture
+
+    names = [
+        "zeek__tls1.2.pcap",
+        "zeek__tls1_1.pcap",
+        "zeek__client-certificate.pcap",
+        "zeek__certificate-request-failed.pcap",
+        "zeek__ssl-v2.pcap",
+        "arkime__openssl-ssl3.pcap",
+        "ndpi__tls_1.3_unidirectional_server.pcapng",
+        "heplify__sip_ipv4_tcp.pcap",
+    ]
+    paths = [capture(n) for n in names]
+    compiled = tls_scan.scan_groups
+    taken = []
+
+    def counted(d, meta, gdir, rows, types):  # type: ignore[no-untyped-def]
+        compiled(d, meta, gdir, rows, types)
+        taken.append(int((rows[:, tls_scan.T_STATUS] == tls_scan.HANDLED).sum()))
+
+    monkeypatch.setattr(tls_scan, "scan_groups", counted)
+    fast = [analyse(p).table for p in paths]
+    assert sum(taken) >= 10  # the compiled scanner did read these captures' handshakes
+
+    def hand_back(d, meta, gdir, rows, types):  # type: ignore[no-untyped-def]
+        compiled(d, meta, gdir, rows, types)
+        rows[:, tls_scan.T_STATUS] = tls_scan.FALLBACK
+
+    monkeypatch.setattr(tls_scan, "scan_groups", hand_back)
+    slow = [analyse(p).table for p in paths]
+    for name, a, b in zip(names, fast, slow, strict=True):
+        assert a.num_rows > 0 and a.equals(b), name
