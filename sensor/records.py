@@ -96,10 +96,13 @@ class RecordBuilder:
         orig_role = [self.topology.role_of(a) for a in orig_h]
         resp_role = [self.topology.role_of(a) for a in resp_h]
         sid = self.cfg.sensor.id
-        uids = [
-            _uid(sid, orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i], int(fs[i, col.F_FIRST_TS]))
-            for i in range(n)
-        ]
+        first_ns = fs[:, col.F_FIRST_TS].tolist()
+        uids = uids_of(
+            [
+                f"{sid}|{orig_h[i]}|{orig_p[i]}|{resp_h[i]}|{resp_p[i]}|{proto[i]}|{first_ns[i]}".encode()
+                for i in range(n)
+            ]
+        )
         per_flow: dict[str, list[Any]] = {
             "flow_start": (fs[:, col.F_FIRST_TS] // 1000).tolist(),
             "uid": uids,
@@ -209,15 +212,18 @@ class RecordBuilder:
         starts = fs[:, col.F_FIRST_TS].tolist()
         endpoints = {(orig_h[i], orig_p[i], resp_h[i], resp_p[i], proto[i]): i for i in range(n)}
         kinds, media_own, by_endpoint = _media_flows(table, out, orig_h, orig_p, resp_h, resp_p, proto)
+        cls = fs[:, col.F_CLS :]
+        sip_fast_l = (cls[:, pk.CLS_SIP_REQ] + cls[:, pk.CLS_SIP_RESP]).tolist()
+        http_fast_l = cls[:, pk.CLS_HTTP_REQ].tolist()
+        stun_fast_l = (cls[:, pk.CLS_STUN] + cls[:, pk.CLS_STUN_OLD]).tolist()
+        tls_fast_l = (cls[:, pk.CLS_TLS_HS] + cls[:, pk.CLS_TLS_REC] + cls[:, pk.CLS_SSL2]).tolist()
         for i in range(n):
-            cls = fs[i, col.F_CLS :]
             ff: FlowFacts | None = facts.get(i)
-            sip_fast = int(cls[pk.CLS_SIP_REQ] + cls[pk.CLS_SIP_RESP])
-            http_fast = int(cls[pk.CLS_HTTP_REQ])
-            stun_fast = int(cls[pk.CLS_STUN] + cls[pk.CLS_STUN_OLD])
-            tls_fast = int(cls[pk.CLS_TLS_HS] + cls[pk.CLS_TLS_REC] + cls[pk.CLS_SSL2])
+            sip_fast, http_fast, stun_fast, tls_fast = sip_fast_l[i], http_fast_l[i], stun_fast_l[i], tls_fast_l[i]
+            pseudo = False
             if ff is not None:
                 _copy_facts(out, i, ff)
+                pseudo = ff.pseudo_tls
             sip_msgs = max(sip_fast, ff.sip.messages if ff is not None and ff.has_sip else 0)
             out["sip_plain"][i] = sip_msgs > 0
             out["sip_messages"][i] = sip_msgs
@@ -227,7 +233,7 @@ class RecordBuilder:
                 out["stun_messages"][i] = max(stun_fast, int(out["stun_messages"][i] or 0))  # type: ignore[call-overload]
                 if out["ms_turn"][i] is None:
                     out["ms_turn"][i] = False
-            if ff is not None and ff.pseudo_tls:
+            if pseudo:
                 out["ms_turn"][i] = True  # MS-TURN behind pseudo-TLS ([MS-TURN], R14)
                 out["stun_messages"][i] = stun_fast
             kind = kinds.get(i)
@@ -250,7 +256,7 @@ class RecordBuilder:
                 out["media_encrypted"][i] = enc
                 out["media_confidence"][i] = conf
                 out["media_evidence"][i] = [e.text for e in ev] or None
-            out["app"][i] = _app(proto[i], kind, out, i, sip_msgs, tls_fast, ff)
+            out["app"][i] = _app(proto[i], kind, out, i, sip_msgs, tls_fast, ff, pseudo)
         return out
 
 
@@ -305,12 +311,13 @@ def _app(
     sip_msgs: int,
     tls_fast: int,
     ff: FlowFacts | None,
+    pseudo: bool,
 ) -> str | None:
     if kind == "rtp":
         return "srtp" if out["media_encrypted"][i] is True else "rtp"
     if kind == "rtcp":
         return "srtcp" if out["media_encrypted"][i] is True else "rtcp"
-    if ff is not None and ff.pseudo_tls:
+    if pseudo:
         return "ms-turn"
     if ff is not None and ff.sslv2_server_hello:
         return "sslv2"
@@ -336,18 +343,29 @@ def _midstream(fs: np.ndarray) -> list[bool | None]:
     return [bool(m) if t else None for m, t in zip(mid.tolist(), tcp.tolist(), strict=True)]
 
 
-def _uid(sensor_id: str, oh: str, op: int, rh: str, rp: int, proto: str, first_ns: int) -> str:
-    """Zeek-style flow id: 'C' and 17 base-62 digits of a hash of the sensor, 5-tuple and start time."""
-    h = int.from_bytes(
-        hashlib.blake2b(f"{sensor_id}|{oh}|{op}|{rh}|{rp}|{proto}|{first_ns}".encode(), digest_size=12).digest(),
-        "big",
-    )
-    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    out = []
-    for _ in range(17):
-        h, r = divmod(h, 62)
-        out.append(digits[r])
-    return "C" + "".join(out)
+_B62 = np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", np.uint8)
+UID_DIGITS = 17
+
+
+def uids_of(keys: list[bytes]) -> list[str]:
+    """Zeek-style flow ids: 'C' and 17 base-62 digits (least significant first) of a 96-bit BLAKE2b hash of each
+    key (sensor|orig_h|orig_p|resp_h|resp_p|proto|first packet ns). The hashes one by one, the digits for all
+    keys together (long division of three 32-bit limbs by 62, seventeen times)."""
+    n = len(keys)
+    if n == 0:
+        return []
+    digest = b"".join(hashlib.blake2b(k, digest_size=12).digest() for k in keys)
+    limbs = np.frombuffer(digest, ">u4").reshape(n, 3).astype(np.uint64)
+    chars = np.empty((n, 1 + UID_DIGITS), np.uint8)
+    chars[:, 0] = ord("C")
+    for k in range(UID_DIGITS):
+        rem = np.zeros(n, np.uint64)
+        for j in range(3):
+            cur = (rem << np.uint64(32)) | limbs[:, j]
+            limbs[:, j] = cur // np.uint64(62)
+            rem = cur % np.uint64(62)
+        chars[:, 1 + k] = _B62[rem.astype(np.intp)]
+    return chars.view(f"S{1 + UID_DIGITS}").ravel().astype(str).tolist()
 
 
 def media_stats(table: FlowTable, f: int) -> media.MediaStats:

@@ -128,9 +128,9 @@ class TlsFacts:
     def pseudo(self) -> bool:
         """MS-TURN pseudo-TLS ([MS-TURN], R14): ServerHello and ServerHelloDone together, nothing else."""
         return (
-            bool(self.server_types)
+            self.server_hello_done_with_hello
+            and bool(self.server_types)
             and set(self.server_types) == {HS_SERVER_HELLO, HS_SERVER_HELLO_DONE}
-            and self.server_hello_done_with_hello
         )
 
     @property

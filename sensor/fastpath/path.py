@@ -162,7 +162,7 @@ class PacketPath:
             sst = srow[tls_scan.T_STATUS] if srow is not None else tls_scan.NOT_TLS
             if (cst == handled or sst == handled) and cst != fallback and sst != fallback:
                 facts = tls_scan.facts_from(
-                    asm.data,
+                    asm.out,
                     crow,
                     types[c, : crow[tls_scan.T_NTYPES]].tolist() if crow is not None else [],
                     srow,

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numba as nb
 import numpy as np
+import numpy.typing as npt
 
 import sensor.fastpath.jit  # noqa: F401  (numba cache location; before any @njit)
 from sensor.facts.tls_facts import TlsFacts
@@ -316,9 +317,14 @@ def scan_groups(d, meta, gdir, rows, types):  # type: ignore[no-untyped-def]
 
 
 def facts_from(
-    data: bytes, client: Sequence[int] | None, ctypes: list[int], server: Sequence[int] | None, stypes: list[int]
+    data: npt.NDArray[np.uint8] | bytes,
+    client: Sequence[int] | None,
+    ctypes: list[int],
+    server: Sequence[int] | None,
+    stypes: list[int],
 ) -> TlsFacts:
-    """TlsFacts from the scanned rows of a flow's directions (None: no bytes that way), as parse_streams."""
+    """TlsFacts from the scanned rows of a flow's directions (None: no bytes that way), as parse_streams; `data`
+    is what the rows' offsets point into."""
     f = TlsFacts(native=True)
     client_alert: str | None = None
     if client is not None and client[T_STATUS] == HANDLED:
@@ -328,11 +334,11 @@ def facts_from(
             f.record_version = f"0x{int(client[T_REC_VER]):04x}"
             f.client_version = f"0x{int(client[T_CLI_VER]):04x}"
             s = int(client[T_SID_OFF])
-            f.client_session_id = data[s : s + int(client[T_SID_LEN])].hex() or None
+            f.client_session_id = bytes(data[s : s + int(client[T_SID_LEN])]).hex() or None
             f.client_max = int(client[T_CLIENT_MAX])
             if client[T_SNI_OFF] >= 0:
                 s = int(client[T_SNI_OFF])
-                f.sni = data[s : s + int(client[T_SNI_LEN])].decode("ascii", "replace") or None
+                f.sni = bytes(data[s : s + int(client[T_SNI_LEN])]).decode("ascii", "replace") or None
         if client[T_CERTS] >= 0:
             f.client_certs = int(client[T_CERTS])
         f.client_ccs = bool(client[T_CCS])
@@ -345,14 +351,14 @@ def facts_from(
             f.server_hello_seen = True
             f.server_version = int(server[T_SRV_VER])
             s = int(server[T_SID_OFF])
-            f.server_session_id = data[s : s + int(server[T_SID_LEN])].hex() or None
+            f.server_session_id = bytes(data[s : s + int(server[T_SID_LEN])]).hex() or None
             if server[T_CIPHER] >= 0:
                 f.cipher = "0x" + format(int(server[T_CIPHER]), "04X")
         if server[T_CERTS] >= 0:
             f.server_certs = int(server[T_CERTS])
             if server[T_CERT1_OFF] >= 0:
                 s = int(server[T_CERT1_OFF])
-                for name in cert_names(data[s : s + int(server[T_CERT1_LEN])]):
+                for name in cert_names(bytes(data[s : s + int(server[T_CERT1_LEN])])):
                     if name not in f.cert_names:
                         f.cert_names.append(name)
         f.cert_requested = bool(server[T_CERT_REQ])
