@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sensor.config import Config
 from sensor.errors import SinkError
@@ -115,11 +116,7 @@ class Analyzer:
             path.stream_counters(),
         )
         chunks.append(path.records(self.records.build, exported))
-        out = (
-            chunks[0]
-            if len(chunks) == 1
-            else pa.concat_tables(chunks).sort_by([("ts", "ascending"), ("uid", "ascending")])
-        )
+        out = chunks[0] if len(chunks) == 1 else _sorted_concat(chunks)
         return Analysis(
             out,
             reports,
@@ -142,6 +139,21 @@ class Analyzer:
         chunks.append(self.records.build(table, path.facts, exported, table.nrecords))
         path.compact()
         return 0
+
+
+def _sorted_concat(chunks: list[pa.Table]) -> pa.Table:
+    """The chunks' records as one table in (ts, uid) order, built a column at a time with each source column let
+    go once taken, so the run's records are held about once, not twice, at the end of a long run."""
+    whole = pa.concat_tables(chunks)
+    order = pc.sort_indices(whole, sort_keys=[("ts", "ascending"), ("uid", "ascending")])
+    schema = whole.schema
+    del whole
+    columns = []
+    for name in schema.names:
+        parts = [piece for c in chunks for piece in c.column(name).chunks]
+        columns.append(pa.chunked_array(parts, schema.field(name).type).take(order))
+        chunks[:] = [c.drop_columns([name]) for c in chunks]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 # An offline run (native facts) holding more flows than this ends and exports the flows it has finished with (see
