@@ -524,6 +524,18 @@ class MixResult:
     runs: list[Run]
     long: Run | None = None
     long_label: str = ""
+    long_ndpi: Run | None = None  # ndpiReader on the longer capture: the steady-state comparison
+
+    def marginal(self, run: Run | None, base: Run) -> float | None:
+        """Packets/s over the packets the longer capture adds: the rate once start-up is paid."""
+        if run is None or run.seconds <= base.seconds:
+            return None
+        return (run.packets - base.packets) / (run.seconds - base.seconds)
+
+    def steady_ratio(self) -> float | None:
+        ours = self.marginal(self.long, self.run("lync-sensor analyze"))
+        peer = self.marginal(self.long_ndpi, self.run("ndpiReader"))
+        return ours / peer if ours and peer else None
 
     def run(self, tool: str) -> Run:
         return next(r for r in self.runs if r.tool == tool)
@@ -542,13 +554,18 @@ class MixResult:
         out["runs"] = [dataclasses.asdict(r) | {"pps": r.pps} for r in self.runs]
         if self.long is not None:
             out["long"] = dataclasses.asdict(self.long) | {"pps": self.long.pps}
+        if self.long_ndpi is not None:
+            out["long_ndpi"] = dataclasses.asdict(self.long_ndpi) | {"pps": self.long_ndpi.pps}
+        out["steady_ratio_ndpi"] = self.steady_ratio()
         out["ratios"] = {peer: self.ratio(peer) for peer in ("ndpiReader", "tshark")}
         out["targets"] = TARGETS[self.mix]
         out["rss_growth_pct"] = self.rss_growth()
         return out
 
 
-def report(header: dict[str, str], load_start: float, long_factor: int, mixes: list[MixResult]) -> str:
+def report(
+    header: dict[str, str], load_start: float, long_factor: int, mixes: list[MixResult], startup: list[Run]
+) -> str:
     """The results as Markdown tables and one verdict per target."""
     lines = [
         f"Machine: {header['machine']}; lync-sensor {header['revision']}; {header['date']}; "
@@ -592,6 +609,26 @@ def report(header: dict[str, str], load_start: float, long_factor: int, mixes: l
             f"{m.mix}: peak RSS {growth:+.1f}% for a capture {long_factor}x longer "
             f"(target within {RSS_GROWTH_TARGET:g}%): {ok}"
         )
+    steady = [m for m in mixes if m.steady_ratio() is not None]
+    if steady:
+        lines += [
+            "",
+            f"Steady state: packets/s over the packets the {long_factor}x capture adds (its time minus the 1x time), "
+            "start-up paid once",
+            "",
+            "| mix | lync-sensor analyze | nDPI ndpiReader | analyze / ndpiReader |",
+            "|---|---:|---:|---:|",
+        ]
+    for m in steady:
+        ours = m.marginal(m.long, m.run("lync-sensor analyze")) or 0.0
+        peer = m.marginal(m.long_ndpi, m.run("ndpiReader")) or 0.0
+        lines.append(f"| {m.mix} | {_k(ours)} packets/s | {_k(peer)} packets/s | {m.steady_ratio():.2f}x |")
+    if startup:
+        lines += [
+            "",
+            f"Start-up: one TLS session ({startup[0].packets} packets) end to end: "
+            + ", ".join(f"{r.tool} {r.seconds:.2f} s" for r in startup),
+        ]
     lines += ["", *verdicts]
     if load_start > 1.0:
         lines.append("note: the machine was busy when the run started; the packets/s above are low bounds")
@@ -654,9 +691,17 @@ def main() -> int:
                 print(f"{mix}: {tool}: {r.pps:,.0f} packets/s, peak RSS {r.rss_mib:,.0f} MiB", file=sys.stderr)
             if args.long_factor > 1:
                 lpath, lpackets, m.long_label = make(mix, args.long_factor)
-                m.long = run_tool("lync-sensor analyze", mix, lpath, lpackets, tmp)
+                m.long = best("lync-sensor analyze", mix, lpath, lpackets, tmp, args.repeat)
+                m.long_ndpi = best("ndpiReader", mix, lpath, lpackets, tmp, args.repeat)
             results.append(m)
-    text = report(header, load_start, args.long_factor, results)
+        # the fixed cost of one run (interpreter, compiled-code cache, rules engine, lake) against the peer's
+        one = tmp / "one-session.pcap"
+        stats = write_handshake_capture(one, 1)
+        startup = [
+            best(tool, "handshake", one, stats.packets, tmp, args.repeat)
+            for tool in ("lync-sensor analyze", "ndpiReader")
+        ]
+    text = report(header, load_start, args.long_factor, results, startup)
     print(text)
     (args.out / "stream-results.md").write_text(text + "\n")
     doc = {
@@ -665,6 +710,7 @@ def main() -> int:
         "load_end": os.getloadavg()[0],
         "long_factor": args.long_factor,
         "mixes": {m.mix: m.as_json() for m in results},
+        "startup": [dataclasses.asdict(r) for r in startup],
     }
     (args.out / "stream-results.json").write_text(json.dumps(doc, indent=1) + "\n")
     if not args.keep:
