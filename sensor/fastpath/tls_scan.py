@@ -208,7 +208,7 @@ def _certificate(d, b, bend, server, row):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True)
-def scan_direction(d, start, n, server, row, types, ext):  # type: ignore[no-untyped-def]  # noqa: C901
+def scan_direction(d, start, n, server, row, types, ext):  # type: ignore[no-untyped-def]
     """One direction's bytes d[start:start+n] into row/types (offsets are into d); see the module text."""
     for i in range(NT):
         row[i] = -1

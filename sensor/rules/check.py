@@ -139,11 +139,15 @@ class Checker:
         now: datetime,
         store: bool = True,
         sensors: Sequence[str] = (),
+        threads: int | None = None,
     ) -> CheckReport:
         """Rules over the lake's records in the window (of the given sensors, if any: a fleet lake holds many);
-        each finding names the sensor whose records show it."""
+        each finding names the sensor whose records show it. `threads` caps DuckDB's threads (the live sensor's
+        background evaluation leaves a core to the capture)."""
         lk = as_lake(lake)
         con = self._context(lk.context_connection())
+        if threads is not None:
+            con.execute(f"SET threads = {int(threads)}")
         allowed = lk.register_flows(con, window, sensors)
         row = con.execute("SELECT sum(records) FROM flows").fetchone()
         records = int(row[0] or 0) if row else 0

@@ -273,7 +273,7 @@ for i in range(4):
     sensor._pending.append(table)
     sensor._flush_pending()
     written += table.num_rows
-    sensor._evaluate(end)  # the capture's own time: the rule window covers it
+    sensor._evaluate(end, sensor.checker)  # the capture's own time: the rule window covers it
 found = sum(s.value for m in metrics.findings.collect() for s in m.samples if s.name.endswith("_total"))
 print(written, int(found))
 """
