@@ -129,6 +129,9 @@ def dissect(capture: Path | int, *, decode_as: Iterable[tuple[str, int, str]] = 
         try:
             cap.close()
         except TSharkCrashException as exc:
+            # pyshark's own close() stops at the exception before forgetting the process, so its destructor would
+            # close (and raise) again, as an "exception ignored" warning: forget it here.
+            getattr(cap, "_running_processes", set()).clear()
             # pyshark reads tshark's exit status when it cleans up. Seen now and then under load: status 255 after
             # tshark wrote its whole output (the end of its JSON was read). Said, not fatal; a crash before the
             # end of the output still raises from the iteration above.
