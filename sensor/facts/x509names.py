@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 # A Front End pool presents the same certificate in thousands of sessions: parse each distinct DER once.
@@ -18,19 +20,24 @@ def looks_like_host(name: str) -> bool:
 
 
 def _parse(der: bytes) -> tuple[str, ...]:
+    # The bytes come off the wire: damage anywhere in the DER means no names from that part, never an error.
+    # cryptography raises more than ValueError for it (InvalidVersion, DuplicateExtension, ...), some of them
+    # only when a field is first read.
     try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError:
+        with warnings.catch_warnings():  # "serial number not positive" and the like: damage, said by the result
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            cert = x509.load_der_x509_certificate(der)
+    except Exception:
         return ()
     names: list[str] = []
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names += [n for n in san.get_values_for_type(x509.DNSName) if isinstance(n, str)]
-    except (x509.ExtensionNotFound, ValueError):
+    except Exception:  # ExtensionNotFound, or a damaged extension block
         pass
     try:
         cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    except ValueError:
+    except Exception:
         cns = []
     for attr in cns:
         value = attr.value if isinstance(attr.value, str) else attr.value.decode("utf-8", "replace")

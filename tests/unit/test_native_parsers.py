@@ -387,6 +387,10 @@ def test_certificate_names_are_parsed_once_per_certificate(pki: Pki) -> None:
     assert len(x509names._cache) == 1
     assert cert_names(bytes(pki.leaf_der)) is cert_names(pki.leaf_der)
     assert cert_names(b"\x30\x03\x02\x01\x00") == ()  # not a certificate: no names, no exception
+    # a damaged version field (cryptography raises InvalidVersion, not ValueError): no names, no exception
+    at = pki.leaf_der.index(b"\xa0\x03\x02\x01\x02")
+    damaged = pki.leaf_der[: at + 4] + b"\x43" + pki.leaf_der[at + 5 :]
+    assert cert_names(damaged) == ()
 
 
 def test_tls13_hello_retry_request(pki: Pki) -> None:
@@ -523,3 +527,27 @@ def test_records_are_the_same_with_and_without_the_scanner(monkeypatch: pytest.M
     slow = [analyse(p) for p in paths]
     for name, a, b in zip(names, fast, slow, strict=True):
         assert a.num_rows > 0 and a.equals(b), name
+
+
+def test_scanner_agrees_on_damaged_handshakes(pki: Pki) -> None:
+    """Bytes flipped anywhere (record and message lengths, extension blocks, versions): the compiled scanner
+    reads no byte outside a direction and gives the Python parser's facts, or hands the flow back."""
+    rng = np.random.default_rng(9)
+    wires = [
+        handshake(client_ctx(pki, cert=True), server_ctx(pki, version=TLS12, verify=ssl.CERT_REQUIRED)),
+        handshake(client_ctx(pki), server_ctx(pki, version=TLS13)),
+    ]
+    compared = 0
+    for w in wires:
+        for _ in range(400):
+            c, s = bytearray(w.client), bytearray(w.server)
+            for _ in range(int(rng.integers(1, 4))):
+                target = c if rng.random() < 0.5 else s
+                # most damage near the start, where the records and hellos are
+                at = int(min(len(target) - 1, rng.exponential(300)))
+                target[at] = int(rng.integers(0, 256))
+            got = scan(bytes(c), bytes(s))
+            if got is not None:
+                assert got == parse_streams(bytes(c), bytes(s))[0]
+                compared += 1
+    assert compared > 200
