@@ -55,7 +55,8 @@ def uses_srtp(data: bytes) -> bool:
     while pos + 13 <= n and is_dtls(data[pos : pos + 13]):
         ln = (data[pos + 11] << 8) | data[pos + 12]
         rec = pos + 13
-        if data[pos] == CT_HANDSHAKE and data[pos + 3 : pos + 5] == b"\x00\x00" and ln >= 12:
+        # the handshake header must be in the datagram, whatever the record length claims (a cut datagram)
+        if data[pos] == CT_HANDSHAKE and data[pos + 3 : pos + 5] == b"\x00\x00" and ln >= 12 and rec + 12 <= n:
             mtype = data[rec]
             frag_off = int.from_bytes(data[rec + 6 : rec + 9], "big")
             frag_len = int.from_bytes(data[rec + 9 : rec + 12], "big")
