@@ -161,9 +161,13 @@ def test_own_srtp_matches_ffmpeg(corpus: mc.Corpus) -> None:
     assert not mc.Srtp(bytes(30)).tag_ok(packets[0])
 
 
-def _score(streams: Iterable[mc.Stream], flows: dict[tuple[str, int], dict[str, object]]) -> tuple[int, int, list[str]]:
+def _score(
+    streams: Iterable[mc.Stream], flows: dict[tuple[str, int], dict[str, object]]
+) -> tuple[int, int, list[str], list[str], list[str]]:
+    """Streams of >= 50 packets decided right, and how many; every plain stream called encrypted; the streams
+    of >= 50 packets decided the wrong way; those left undecided (name and evidence)."""
     right = total = 0
-    plain_called_encrypted = []
+    plain_called_encrypted, wrong, undecided = [], [], []
     for s in streams:
         f = flows[(s.proto, s.resp_port)]
         if s.encrypted is False and f["media_encrypted"] is True:
@@ -171,16 +175,29 @@ def _score(streams: Iterable[mc.Stream], flows: dict[tuple[str, int], dict[str, 
         if int(f["rtp_packets"] or 0) >= 50:  # type: ignore[call-overload]
             total += 1
             right += f["media_encrypted"] is s.encrypted
-    return right, total, plain_called_encrypted
+            if f["media_encrypted"] is None:
+                undecided.append(f"{s.name}: {f['media_evidence']}")
+            elif f["media_encrypted"] is not s.encrypted:
+                wrong.append(s.name)
+    return right, total, plain_called_encrypted, wrong, undecided
+
+
+# A verdict may stay unknown (None) where the evidence falls short; it is never the wrong way. One stream of a
+# corpus build may be left undecided: vp8-life-srtp was, in 2 of 14 runs of this file (on the commit that
+# calibrated the evidence as well as later; perhaps ffmpeg's real-time VP8 encoder, which adapts to the load),
+# and in none of 25 corpus builds since. The assertion messages carry the evidence of an undecided stream.
+UNDECIDED_ALLOWED = 1
 
 
 def test_corpus_streams_decided_right(
     corpus: mc.Corpus, corpus_flows: dict[tuple[str, int], dict[str, object]]
 ) -> None:
-    right, total, wrong_way = _score(corpus.streams, corpus_flows)
+    right, total, wrong_way, wrong, undecided = _score(corpus.streams, corpus_flows)
     assert wrong_way == []
+    assert wrong == []
     assert total >= 50
-    assert right >= 0.99 * total, f"{right}/{total} streams of >= 50 packets decided right"
+    assert len(undecided) <= UNDECIDED_ALLOWED, undecided
+    assert right >= total - UNDECIDED_ALLOWED, f"{right}/{total} streams of >= 50 packets decided right"
 
 
 def test_rfc4571_rtp_over_tcp_is_found_and_decided(
@@ -214,10 +231,16 @@ def test_verdict_within_first_100_packets(
     _first_packets(corpus.captures[0], cut, 100)
     early = _analyse([cut])
     ffmpeg = [s for s in corpus.streams if s.source == "ffmpeg"]
+    undecided = []
     for s in ffmpeg:
         key = (s.proto, s.resp_port)
-        assert early[key]["media_encrypted"] is s.encrypted, (s.name, early[key]["media_evidence"])
-        assert early[key]["media_encrypted"] == corpus_flows[key]["media_encrypted"]
+        got = early[key]["media_encrypted"]
+        if got is None:
+            undecided.append((s.name, early[key]["media_evidence"]))
+            continue
+        assert got is s.encrypted, (s.name, early[key]["media_evidence"])
+        assert corpus_flows[key]["media_encrypted"] in (got, None)
+    assert len(undecided) <= UNDECIDED_ALLOWED, undecided
 
 
 ENCRYPTED_KINDS = ("payload:uniform", "payload:cn-tag", "payload:telephone-event+tag")
