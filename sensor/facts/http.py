@@ -11,12 +11,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from sensor.facts.dissect import DissectedPacket
-
-
-def _digits(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also takes '²' and other Unicode digits, which int() refuses."""
-    return text.isascii() and text.isdigit()
-
+from sensor.facts.text import ascii_digits
 
 REDACTED = "?<redacted>"
 
@@ -209,7 +204,7 @@ def _body_end(data: bytes, start: int, headers: dict[str, str], response: bool) 
         end = data.find(b"\r\n0\r\n\r\n", start - 2)
         return end + 7 if end >= 0 else len(data) + 1
     cl = headers.get("content-length", "")
-    if _digits(cl):
+    if ascii_digits(cl):
         return start + int(cl)
     return len(data) + 1 if response else start  # a response without length runs to the close
 
@@ -262,7 +257,7 @@ def parse_statuses(data: bytes) -> list[int]:
             break
         start, headers = _header_block(data[pos:hdr_end])
         code = start.split(" ")[1] if start.count(" ") >= 1 else ""
-        if not _digits(code):
+        if not ascii_digits(code):
             break
         out.append(int(code))
         pos = _body_end(data, hdr_end + 4, headers, True)

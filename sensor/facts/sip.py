@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from sensor.facts.dissect import DissectedPacket
+from sensor.facts.text import ascii_digits
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class SipFacts:
         statuses = p.get("sip.Status-Code")
         self.messages += len(p.get("sip.Request-Line")) + len(p.get("sip.Status-Line"))
         self.methods.update(requests)
-        self.status_codes.update(int(s) for s in statuses if _digits(s))
+        self.status_codes.update(int(s) for s in statuses if ascii_digits(s))
         ports = p.get("sdp.media.port")
         if not ports:
             return
@@ -103,7 +104,7 @@ class SipFacts:
         # An SDP in a response (200 OK) is the answer; in a request it is the offer (RFC 3264).
         is_answer = bool(statuses)
         for i, port in enumerate(ports):
-            if not _digits(port):
+            if not ascii_digits(port):
                 continue
             addr = addrs[min(i, len(addrs) - 1)] if addrs else None
             proto = protos[min(i, len(protos) - 1)] if protos else ""
@@ -118,11 +119,6 @@ class SipFacts:
             "sdp_crypto": any(m.crypto for m in self.media) if self.media else None,
             "sdp_encryption": next((m.encryption for m in self.media if m.encryption), None),
         }
-
-
-def _digits(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also takes '²' and other Unicode digits, which int() refuses."""
-    return text.isascii() and text.isdigit()
 
 
 SIP_VERSION = b"SIP/2.0"
@@ -179,7 +175,7 @@ def parse_message(data: bytes, pos: int, ts_ns: int, *, stream: bool) -> tuple[S
     method: str | None = None
     status: int | None = None
     if parts[0] == "SIP/2.0":
-        if len(parts) < 2 or not _digits(parts[1]):
+        if len(parts) < 2 or not ascii_digits(parts[1]):
             return None, pos
         status = int(parts[1])
     elif len(parts) == 3 and parts[2] == "SIP/2.0":
@@ -188,13 +184,13 @@ def parse_message(data: bytes, pos: int, ts_ns: int, *, stream: bool) -> tuple[S
         return None, pos
     body_start = min(len(data), hdr_end + 4)
     cl_text = headers.get("content-length")
-    length: int | None = int(cl_text) if cl_text and _digits(cl_text) else None
+    length: int | None = int(cl_text) if cl_text and ascii_digits(cl_text) else None
     # Without Content-Length a datagram's body runs to its end; on a stream it is empty (RFC 3261 §18.3).
     body_end = body_start + length if length is not None else (body_start if stream else len(data))
     cseq_num: int | None = None
     cseq_method: str | None = None
     cseq = headers.get("cseq", "").split()
-    if cseq and _digits(cseq[0]):
+    if cseq and ascii_digits(cseq[0]):
         cseq_num = int(cseq[0])
         cseq_method = cseq[1] if len(cseq) > 1 else None
     ctype = headers.get("content-type")
@@ -322,14 +318,14 @@ def parse_sdp(body: bytes, proto: SdpMedia) -> tuple[SdpMedia, ...]:
                     current.encryption = val.strip()
             elif name == "rtcp" and current is not None:
                 f = val.split()
-                if f and _digits(f[0]):
+                if f and ascii_digits(f[0]):
                     current.rtcp_port = int(f[0])
                     current.rtcp_address = f[3] if len(f) >= 4 else None
             elif name == "rtcp-mux" and current is not None:
                 current.rtcp_mux = True
     out: list[SdpMedia] = []
     for m in media:
-        if not _digits(m.port):
+        if not ascii_digits(m.port):
             continue
         suites = tuple(m.crypto or session_crypto)
         out.append(

@@ -150,6 +150,7 @@ class PacketPath:
         types = np.empty((ng, tls_scan.MAX_TYPES), np.int64)
         tls_scan.scan_groups(asm.out, asm.meta, asm.gdir, scanned, types)
         rows = scanned.tolist()
+        type_rows = types.tolist()
         differing = asm.meta[:, 3].tolist()
         first_ts = self.table.fs[:, col.F_FIRST_TS]
         handled, fallback = tls_scan.HANDLED, tls_scan.FALLBACK
@@ -164,9 +165,9 @@ class PacketPath:
                 facts = tls_scan.facts_from(
                     asm.out,
                     crow,
-                    types[c, : crow[tls_scan.T_NTYPES]].tolist() if crow is not None else [],
+                    type_rows[c][: crow[tls_scan.T_NTYPES]] if crow is not None else [],
                     srow,
-                    types[s, : srow[tls_scan.T_NTYPES]].tolist() if srow is not None else [],
+                    type_rows[s][: srow[tls_scan.T_NTYPES]] if srow is not None else [],
                 )
                 if not facts.pseudo:  # MS-TURN after pseudo-TLS is read by the STUN parser below
                     self._get(f).tls = facts

@@ -111,6 +111,18 @@ def _find_ext(d, pos, bend, want, res):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True)
+def _session_id(d, pos, bend, row):  # type: ignore[no-untyped-def]
+    """A hello's session id (length byte at pos, clamped to the body as Python's slicing clamps) into row;
+    returns the offset after it as the length byte claims it."""
+    sid_len = np.int64(d[pos])
+    s = pos + 1
+    e = min(s + sid_len, bend)
+    row[T_SID_OFF] = s
+    row[T_SID_LEN] = e - s if e > s else 0
+    return pos + 1 + sid_len
+
+
+@nb.njit(cache=True, nogil=True)
 def _client_hello(d, b, bend, rec_ver, row, ext):  # type: ignore[no-untyped-def]
     blen = bend - b
     if row[T_CH_SEEN] == 1 or blen < 35:
@@ -119,15 +131,7 @@ def _client_hello(d, b, bend, rec_ver, row, ext):  # type: ignore[no-untyped-def
     row[T_REC_VER] = rec_ver
     hv = _u16(d, b)
     row[T_CLI_VER] = hv
-    pos = b + 34
-    sid_len = np.int64(d[pos])
-    s = pos + 1
-    e = s + sid_len
-    if e > bend:
-        e = bend
-    row[T_SID_OFF] = s
-    row[T_SID_LEN] = e - s if e > s else 0
-    pos += 1 + sid_len
+    pos = _session_id(d, b + 34, bend, row)
     if pos + 2 > bend:
         row[T_CLIENT_MAX] = hv
         return
@@ -172,15 +176,7 @@ def _server_hello(d, b, bend, row, ext):  # type: ignore[no-untyped-def]
         return 1 if row[T_SRV_VER] >= 0x0304 else 0
     row[T_SH_SEEN] = 1
     version = _u16(d, b)
-    pos = b + 34
-    sid_len = np.int64(d[pos])
-    s = pos + 1
-    e = s + sid_len
-    if e > bend:
-        e = bend
-    row[T_SID_OFF] = s
-    row[T_SID_LEN] = e - s if e > s else 0
-    pos += 1 + sid_len
+    pos = _session_id(d, b + 34, bend, row)
     if pos + 2 <= bend:
         row[T_CIPHER] = _u16(d, pos)
     _find_ext(d, pos + 3, bend, _EXT_SV, ext)
